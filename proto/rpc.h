@@ -114,6 +114,7 @@ struct rpc_client_opts {
 	size_t max_message;        /* largest response message accepted; 0 = default */
 	uint32_t window;           /* receive window; 0 = 1 MiB */
 	int backoff_min_ms, backoff_max_ms; /* reconnect backoff; 0 = 100 / 10000 */
+	int keepalive_timeout_ms;  /* (added) how long a PING may go unanswered; 0 = 10000 */
 };
 
 struct rpc_ccall_cbs {
