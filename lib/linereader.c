@@ -11,6 +11,7 @@
 void linereader_init(struct linereader *lr, size_t max_len)
 {
 	lr->skipping = false;
+	lr->last_bare_lf = false;
 	lr->max_len = 0;
 	linereader_set_max_len(lr, max_len);
 }
@@ -30,6 +31,12 @@ size_t linereader_max_len(const struct linereader *lr)
 void linereader_reset(struct linereader *lr)
 {
 	lr->skipping = false;
+	lr->last_bare_lf = false;
+}
+
+bool linereader_last_bare_lf(const struct linereader *lr)
+{
+	return lr->last_bare_lf;
 }
 
 /* lr_find_lf - position of the first LF among the first `limit` bytes of in */
@@ -105,12 +112,14 @@ enum lr_status linereader_next(struct linereader *lr, struct evbuffer *in, char 
 		if (n > 0)
 			(void)evbuffer_remove(in, buf, n);
 		evbuffer_drain(in, 1);
-		if (n > 0 && buf[n - 1] == '\r')
+		bool bare = n == 0 || buf[n - 1] != '\r';
+		if (!bare)
 			n--;
 		if (n > max)
 			return LR_TOO_LONG; /* ended right here: nothing more to skip */
 		buf[n] = '\0';
 		*len_r = n;
+		lr->last_bare_lf = bare;
 		return LR_LINE;
 	}
 	/* No LF yet. Too long is certain with max + 2 bytes, or with max + 1

@@ -4,10 +4,12 @@
  *
  * A line ends at LF. A CR right before that LF is part of the terminator, so
  * "abc\r\n" and the bare-LF "abc\n" both give "abc". A CR anywhere else is
- * data: "a\rb\n" gives "a\rb", "abc\r\r\n" gives "abc\r". (Callers that must
- * insist on CRLF, SMTP's DATA for example, do so above this reader.) Lines may
- * hold NUL bytes: the length says where the line ends, and the copy is
- * NUL-terminated as a convenience.
+ * data: "a\rb\n" gives "a\rb", "abc\r\r\n" gives "abc\r". Callers that must
+ * insist on CRLF (a bare LF in a message body is how "smuggling" attacks end
+ * a message early on one server and not on the next) ask
+ * linereader_last_bare_lf() after each line. Lines may hold NUL bytes: the
+ * length says where the line ends, and the copy is NUL-terminated as a
+ * convenience.
  *
  * Limits: max_len counts the line's bytes without its terminator. A longer
  * line is reported as LR_TOO_LONG exactly once, as soon as that is certain,
@@ -31,7 +33,8 @@ enum lr_status {
 /* Embedded by value in a session; fields are private (use the functions). */
 struct linereader {
 	size_t max_len;
-	bool skipping; /* inside an over-long line, discarding up to its LF */
+	bool skipping;    /* inside an over-long line, discarding up to its LF */
+	bool last_bare_lf; /* the last LR_LINE ended in LF without CR */
 };
 
 /* LINEREADER_MAX - the largest max_len accepted (a bug above that) */
@@ -43,6 +46,8 @@ void linereader_init(struct linereader *lr, size_t max_len);
  * authentication, looser after). A line being skipped stays skipped. */
 void linereader_set_max_len(struct linereader *lr, size_t max_len);
 size_t linereader_max_len(const struct linereader *lr);
+/* linereader_last_bare_lf - whether the line just returned ended in a bare LF */
+bool linereader_last_bare_lf(const struct linereader *lr);
 /* linereader_reset - forget a skip in progress (after STARTTLS drained the input) */
 void linereader_reset(struct linereader *lr);
 

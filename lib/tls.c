@@ -70,7 +70,7 @@ static int tls_ctx_common(SSL_CTX *ctx, const char **error_r)
 		return -1;
 	}
 	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-	/* idle connections (IMAP IDLE) should not keep 2 x 16 KiB buffers */
+	/* long-idle connections should not keep 2 x 16 KiB buffers each */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	return 0;
 }
@@ -97,7 +97,7 @@ static int tls_ctx_load_pair(SSL_CTX *ctx, const char *cert_file, const char *ke
 SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, const char *ca_file,
 			    const char **error_r)
 {
-	static const unsigned char sid_ctx[] = "mail-lib-tls";
+	static const unsigned char sid_ctx[] = "lib-tls";
 	ERR_clear_error();
 	if (empty(cert_file) || empty(key_file)) {
 		tls_fail(error_r, "a TLS server needs both a certificate and a key file");

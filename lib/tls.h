@@ -29,7 +29,7 @@ SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, const c
  * a client certificate to present. */
 SSL_CTX *tls_client_ctx_new(const char *ca_file, const char *cert, const char *key, bool verify,
 			    const char **error_r);
-/* tls_ctx_set_alpn - protocols in preference order ("h2", "imap"). A client
+/* tls_ctx_set_alpn - protocols in preference order ("h2", "http/1.1"). A client
  * context advertises them; a server context picks its most preferred one the
  * client offers and refuses the handshake (no_application_protocol) when the
  * client offers ALPN without any of them. Clients sending no ALPN are served.
@@ -61,7 +61,7 @@ struct bufferevent *tls_bev_connect(struct event_base *base, evutil_socket_t fd,
  * bufferevent afterwards; set its callbacks and enable it. NULL on failure
  * (plain untouched). */
 struct bufferevent *tls_bev_starttls(struct bufferevent *plain, SSL_CTX *ctx);
-/* tls_bev_starttls_client - the same for the client side (outgoing SMTP):
+/* tls_bev_starttls_client - the same for the client side of an upgrade:
  * anything the server sent after its go-ahead is discarded too. */
 struct bufferevent *tls_bev_starttls_client(struct bufferevent *plain, SSL_CTX *ctx,
 					    const char *host);

@@ -2,7 +2,8 @@
  * Input: byte 0 picks max_len (0..31), byte 1 seeds the piece sizes, the rest
  * is the stream. The stream is fed in pieces through linereader_next, and
  * what comes out is checked against a plain model (split at LF, drop one CR
- * before it, longer than max_len = one "too long"), together with the
+ * before it, longer than max_len = one "too long", bare LF or CRLF as
+ * linereader_last_bare_lf says), together with the
  * reader's own promises: NUL-terminated lines within max_len, no LF inside,
  * at most max_len + 1 bytes left buffered on LR_NEED_MORE. */
 #include "lib/common.h"
@@ -22,8 +23,9 @@ struct model {
 };
 
 /* model_next - the next complete event the model expects: 1 line (content in
- * *start and *n), 2 too long, 0 none (only a partial line left) */
-static int model_next(struct model *m, bool final, size_t *start, size_t *n)
+ * *start and *n, *bare when it ended in LF alone), 2 too long, 0 none (only a
+ * partial line left) */
+static int model_next(struct model *m, bool final, size_t *start, size_t *n, bool *bare)
 {
 	if (m->pos >= m->len)
 		return 0;
@@ -40,8 +42,11 @@ static int model_next(struct model *m, bool final, size_t *start, size_t *n)
 	}
 	size_t end = (size_t)(lf - m->s);
 	size_t cl = end - m->pos;
-	if (cl > 0 && m->s[end - 1] == '\r')
+	*bare = true;
+	if (cl > 0 && m->s[end - 1] == '\r') {
 		cl--;
+		*bare = false;
+	}
 	*start = m->pos;
 	*n = cl;
 	m->pos = end + 1;
@@ -61,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	linereader_init(&lr, max_len);
 	struct evbuffer *in = evbuffer_new();
 	char *buf = malloc(max_len + 1);
-	/* what the reader produced, flattened: 'L' + line, or 'T' */
+	/* what the reader produced, flattened: 'L' (CRLF) or 'B' (bare LF) + line, or 'T' */
 	size_t cap = 2 * len + 16, used = 0;
 	uint8_t *got = malloc(cap);
 
@@ -90,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(buf[n] == '\0');
 			CHECK(memchr(buf, '\n', n) == NULL);
 			CHECK(used + 1 + n <= cap);
-			got[used++] = 'L';
+			got[used++] = linereader_last_bare_lf(&lr) ? 'B' : 'L';
 			memcpy(got + used, buf, n);
 			used += n;
 		}
@@ -99,13 +104,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* replay the model and compare */
 	struct model m = { s, len, 0, max_len };
 	size_t g = 0, start = 0, n = 0;
+	bool bare = false;
 	int ev;
-	while ((ev = model_next(&m, true, &start, &n)) != 0) {
+	while ((ev = model_next(&m, true, &start, &n, &bare)) != 0) {
 		if (ev == 2) {
 			CHECK(g < used && got[g] == 'T');
 			g++;
 		} else {
-			CHECK(g < used && got[g] == 'L');
+			CHECK(g < used && got[g] == (bare ? 'B' : 'L'));
 			g++;
 			CHECK(g + n <= used);
 			CHECK(memcmp(got + g, s + start, n) == 0);

@@ -1,7 +1,8 @@
 /* test_linereader.c - the bounded line reader fed whole, one byte at a time
- * and in random splits: CRLF and bare LF, CRLF split across feeds, lines of
- * exactly max_len and max_len + 1, NUL bytes, megabytes without a LF, a
- * changed limit, and the bound on what stays buffered. */
+ * and in random splits: CRLF and bare LF (and telling them apart), CRLF split
+ * across feeds, lines of exactly max_len and max_len + 1, NUL bytes,
+ * megabytes without a LF, a changed limit, and the bound on what stays
+ * buffered. */
 #include <stdarg.h>
 #include <setjmp.h>
 #include <stdlib.h>
@@ -186,6 +187,30 @@ static void test_crlf_split(void **state)
 	evbuffer_free(in);
 }
 
+static void test_bare_lf_flag(void **state)
+{
+	struct linereader lr;
+	struct evbuffer *in = evbuffer_new();
+	char buf[9];
+	size_t len;
+	linereader_init(&lr, 8);
+	evbuffer_add(in, "a\r\nb\n\n\r\n.\n", 10);
+	assert_int_equal(linereader_next(&lr, in, buf, &len), LR_LINE);
+	assert_false(linereader_last_bare_lf(&lr));
+	assert_int_equal(linereader_next(&lr, in, buf, &len), LR_LINE);
+	assert_true(linereader_last_bare_lf(&lr));
+	assert_int_equal(linereader_next(&lr, in, buf, &len), LR_LINE);
+	assert_int_equal(len, 0);
+	assert_true(linereader_last_bare_lf(&lr));
+	assert_int_equal(linereader_next(&lr, in, buf, &len), LR_LINE);
+	assert_int_equal(len, 0);
+	assert_false(linereader_last_bare_lf(&lr));
+	assert_int_equal(linereader_next(&lr, in, buf, &len), LR_LINE);
+	assert_string_equal(buf, ".");
+	assert_true(linereader_last_bare_lf(&lr)); /* "\n.\n": a smuggled end of data */
+	evbuffer_free(in);
+}
+
 static void test_nul_bytes(void **state)
 {
 	struct linereader lr;
@@ -280,6 +305,7 @@ int main(void)
 		cmocka_unit_test(test_byte_at_a_time),
 		cmocka_unit_test(test_random_splits),
 		cmocka_unit_test(test_crlf_split),
+		cmocka_unit_test(test_bare_lf_flag),
 		cmocka_unit_test(test_nul_bytes),
 		cmocka_unit_test(test_flood_without_lf),
 		cmocka_unit_test(test_set_max_len),
