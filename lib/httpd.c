@@ -181,7 +181,7 @@ struct httpd *httpd_new(struct event_base *base, const char *addr, const char **
 		return NULL;
 	}
 	struct evhttp_bound_socket *bs =
-		evhttp_bind_socket_with_handle(http, host[0] != '\0' ? host : "0.0.0.0", port);
+		evhttp_bind_socket_with_handle(http, strcmp(host, "*") != 0 ? host : "0.0.0.0", port);
 	if (bs == NULL) {
 		snprintf(errbuf, sizeof(errbuf), "cannot listen on %s: %s", addr,
 			 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));

@@ -1,6 +1,7 @@
 /* test_daemon.c - the process runtime end to end on loopback: a daemon with
  * two workers on port 0 runs in a thread; connections are accepted on a
- * worker's own thread; /healthz, /readyz, /metrics answer over a raw socket;
+ * worker's own thread; /healthz, /readyz, /metrics and service routes (exact
+ * and prefix) answer over a raw socket;
  * daemon_stop drains and daemon_run returns 0 promptly; a hold keeps the
  * drain waiting (and /readyz at 503) until it is released or the
  * shutdown_timeout passes; SIGHUP runs reload callbacks, SIGTERM drains;
@@ -137,6 +138,17 @@ static void on_accept(struct daemon_worker *w, evutil_socket_t fd, const struct 
 	atomic_fetch_add(&f->accepted, 1);
 }
 
+/* api_route - a service route: echoes method and path */
+static void api_route(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b, "%s %s %s\n", (const char *)arg,
+			    evhttp_request_get_command(req) == EVHTTP_REQ_POST ? "POST" : "other",
+			    evhttp_request_get_uri(req));
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
 static void *runner_main(void *arg)
 {
 	struct fixture *f = arg;
@@ -168,6 +180,8 @@ static struct fixture *fixture_start(const char *shutdown_timeout, bool hold)
 	daemon_on_worker_stop(f->d, on_worker_stop, f);
 	daemon_on_drain(f->d, on_drain, f);
 	daemon_on_reload(f->d, on_reload, f);
+	httpd_add_route(daemon_httpd(f->d), "/api/", api_route, "prefix");
+	httpd_add_route(daemon_httpd(f->d), "/api/exact", api_route, "exact");
 	assert_int_equal(daemon_listen(f->d, config_str(f->cfg, "listen"), on_accept, f, &error), 0);
 	assert_true(daemon_bound_port(f->d, 0) > 0);
 	assert_int_equal(daemon_bound_port(f->d, 1), -1);
@@ -289,7 +303,14 @@ static void test_accept_http_stop(void **state)
 	assert_int_equal(http_status(hport, "GET", "/nope"), 404);
 	assert_int_equal(http_status(hport, "GET", "/healthz/x"), 404);
 	assert_int_equal(http_status(hport, "POST", "/healthz"), 405);
-	char *m = http_request(hport, "GET", "/metrics");
+	char *m = http_request(hport, "POST", "/api/v1/accounts?domain=x");
+	assert_non_null(strstr(m, "\r\n\r\nprefix POST /api/v1/accounts?domain=x\n"));
+	free(m);
+	m = http_request(hport, "GET", "/api/exact");
+	assert_non_null(strstr(m, "\r\n\r\nexact other /api/exact\n"));
+	free(m);
+	assert_int_equal(http_status(hport, "GET", "/api"), 404);
+	m = http_request(hport, "GET", "/metrics");
 	assert_int_equal(strncmp(m, "HTTP/1.", 7), 0);
 	assert_non_null(strstr(m, " 200 OK\r\n"));
 	assert_non_null(strstr(m, "Content-Type: text/plain; version=0.0.4"));
