@@ -51,7 +51,7 @@ bool log_enabled(enum log_level level)
 }
 
 /* log_line - formats and writes one line; `tag` overrides the level name */
-static void log_line(const char *tag, const char *msg, const char *fmt, va_list ap)
+static void ATTR_PRINTF(3, 0) log_line(const char *tag, const char *msg, const char *fmt, va_list ap)
 {
 	char line[4096];
 	struct timeval tv;
