@@ -78,7 +78,8 @@ struct rpc_sconn {
 	bool closing;             /* free when busy drops to 0 */
 	bool flush_queued;
 	bool need_flush;
-	bool draining;
+	bool draining;            /* shutdown notice sent; final GOAWAY on the PING ack */
+	bool got_frame;           /* the peer spoke HTTP/2: handshake timeout off */
 	bool ping_out;
 	bool rx_seen;
 	bool ka_on;
@@ -108,6 +109,9 @@ struct rpc_call {
 };
 
 static _Atomic uint64_t rpc_next_id = 1;
+static const uint8_t drain_ping[8] = { 'r', 'p', 'c', 'd', 'r', 'a', 'i', 'n' };
+
+#define RPC_HANDSHAKE_TIMEOUT_MS 10000 /* TLS + HTTP/2 preface must arrive by then */
 
 static void sconn_flush(struct rpc_sconn *conn);
 static void sconn_free(struct rpc_sconn *conn);
@@ -478,6 +482,10 @@ static int srv_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *fram
 	conn->rx_seen = true;
 	if (conn->closing)
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
+	if (!conn->got_frame) {
+		conn->got_frame = true;
+		bufferevent_set_timeouts(conn->bev, NULL, NULL);
+	}
 	switch (frame->hd.type) {
 	case NGHTTP2_HEADERS:
 		call = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
@@ -496,8 +504,16 @@ static int srv_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *fram
 			call_half_close(call);
 		break;
 	case NGHTTP2_PING:
-		if (frame->hd.flags & NGHTTP2_FLAG_ACK)
+		if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
+			break;
+		if (memcmp(frame->ping.opaque_data, drain_ping, sizeof(drain_ping)) == 0) {
+			/* the client has seen the shutdown notice: now the real GOAWAY */
+			nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE,
+					      nghttp2_session_get_last_proc_stream_id(session),
+					      NGHTTP2_NO_ERROR, NULL, 0);
+		} else {
 			conn->ping_out = false;
+		}
 		break;
 	default:
 		break;
@@ -670,7 +686,9 @@ static void sconn_eventcb(struct bufferevent *bev, short events, void *arg)
 		log_debug("rpc tls handshake done", "peer=%s", conn->peer);
 		return;
 	}
-	if (events & BEV_EVENT_ERROR)
+	if (events & BEV_EVENT_TIMEOUT)
+		log_info("rpc handshake timeout", "peer=%s", conn->peer);
+	else if (events & BEV_EVENT_ERROR)
 		log_debug("rpc connection error", "peer=%s err=%s", conn->peer,
 			  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	conn->closing = true;
@@ -767,6 +785,8 @@ struct rpc_server *rpc_server_new(const struct rpc_method *methods, size_t n_met
 		nworkers = 1;
 	srv->methods = xcalloc(n_methods, sizeof(*methods));
 	for (size_t i = 0; i < n_methods; i++) {
+		if (methods[i].path == NULL || methods[i].on_message == NULL)
+			log_panic("rpc method without path or on_message", "index=%zu", i);
 		srv->methods[i] = methods[i];
 		srv->methods[i].path = xstrdup(methods[i].path);
 	}
@@ -909,6 +929,8 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 	}
 	bufferevent_setcb(conn->bev, sconn_readcb, sconn_writecb, sconn_eventcb, conn);
 	bufferevent_setwatermark(conn->bev, EV_WRITE, RPC_OUTPUT_LOW, 0);
+	struct timeval hs = rpc_ms_tv(RPC_HANDSHAKE_TIMEOUT_MS);
+	bufferevent_set_timeouts(conn->bev, &hs, NULL);
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
 	conn->next = w->conns;
 	if (w->conns != NULL)
@@ -925,10 +947,11 @@ void rpc_server_drain(struct rpc_server *srv, int widx)
 	for (struct rpc_sconn *conn = srv->workers[widx].conns; conn != NULL; conn = conn->next) {
 		if (conn->draining || conn->closing)
 			continue;
+		/* two-step GOAWAY: the notice stops new streams without refusing
+		 * any in flight; the final one follows the PING's ack (one RTT) */
 		conn->draining = true;
-		nghttp2_submit_goaway(conn->h2, NGHTTP2_FLAG_NONE,
-				      nghttp2_session_get_last_proc_stream_id(conn->h2),
-				      NGHTTP2_NO_ERROR, NULL, 0);
+		nghttp2_submit_shutdown_notice(conn->h2);
+		nghttp2_submit_ping(conn->h2, NGHTTP2_FLAG_NONE, drain_ping);
 		sconn_want_flush(conn);
 	}
 }

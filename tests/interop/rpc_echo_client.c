@@ -3,7 +3,7 @@
  *   rpc_echo_client --target=HOST:PORT [--tls-ca=F] [--authority=A] SCENARIO...
  * Scenarios: unary client_stream server_stream server_stream_big
  * client_stream_big deadline error big too_big reply_too_big concurrent
- * cancel unimplemented unavailable reconnect keepalive no_status.
+ * cancel unimplemented unavailable reconnect keepalive no_status drain.
  * Prints one "ok ..." or "FAIL ..." line per check (and "READY <what>" lines
  * where the test must act: kill, restart, stop a server); exits 0 only when
  * every check passed. */
@@ -507,6 +507,36 @@ static void sc_keepalive(void)
 	rpc_client_free(&ka);
 }
 
+static void sc_drain(void)
+{
+	struct res slow = { 0 }, r = { 0 };
+	start(client, P_UNARY, 5000, "d", 1, 0, 0, 0, NULL, NULL, &r);
+	run_until(&r.done, 6000);
+	check(r.st == RPC_OK, "drain", "first call %d", r.st);
+	res_clear(&r);
+	start(client, P_UNARY, 10000, "slow", 4, 0, 1500, 0, NULL, NULL, &slow);
+	run_for(200);
+	printf("READY drain\n");
+	fflush(stdout);
+	run_for(300); /* the GOAWAY arrives; calls started now go to a new connection */
+	start(client, P_UNARY, 5000, "during", 6, 0, 0, 0, NULL, NULL, &r);
+	run_until(&r.done, 6000);
+	check(r.st == RPC_OK, "drain", "call started during the drain: %d %s", r.st, r.msg);
+	res_clear(&r);
+	run_until(&slow.done, 6000);
+	check(slow.st == RPC_OK && slow.n == 1, "drain", "call running at the GOAWAY finished: %d %s",
+	      slow.st, slow.msg);
+	res_clear(&slow);
+	run_for(300);
+	printf("READY count\n");
+	fflush(stdout);
+	run_for(300);
+	start(client, P_UNARY, 5000, "after", 5, 0, 0, 0, NULL, NULL, &r);
+	run_until(&r.done, 6000);
+	check(r.st == RPC_OK, "drain", "call after the drain: %d", r.st);
+	res_clear(&r);
+}
+
 static void sc_no_status(void)
 {
 	struct res r = { 0 };
@@ -528,7 +558,7 @@ static const struct {
 	{ "reply_too_big", sc_reply_too_big }, { "concurrent", sc_concurrent },
 	{ "cancel", sc_cancel }, { "unimplemented", sc_unimplemented },
 	{ "unavailable", sc_unavailable }, { "reconnect", sc_reconnect },
-	{ "keepalive", sc_keepalive }, { "no_status", sc_no_status },
+	{ "keepalive", sc_keepalive }, { "no_status", sc_no_status }, { "drain", sc_drain },
 };
 
 static const char *flag_value(const char *arg, const char *name)

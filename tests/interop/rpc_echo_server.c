@@ -7,7 +7,8 @@
  *   fail_code/fail_message finish with that status.
  * Flags: --listen=HOST:PORT [--tls-cert=F --tls-key=F] [--max-message=N]
  *        [--keepalive-ms=N]. A plain event_base + evconnlistener, one worker.
- * SIGTERM/SIGINT: drop connections (cancelling calls), free all, exit 0. */
+ * SIGTERM/SIGINT: drop connections (cancelling calls), free all, exit 0.
+ * SIGUSR1: rpc_server_drain (GOAWAY; running calls finish), logs the count. */
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -283,6 +284,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(base, NULL);
 }
 
+static void drain_cb(evutil_socket_t sig, short what, void *arg)
+{
+	log_info("echo server draining", "conns=%zu", rpc_server_conn_count(server, 0));
+	rpc_server_drain(server, 0);
+}
+
 /* flag_value - "--name=value" -> value, else NULL */
 static const char *flag_value(const char *arg, const char *name)
 {
@@ -339,11 +346,14 @@ int main(int argc, char **argv)
 	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, NULL);
 	evsignal_add(sigterm, NULL);
 	evsignal_add(sigint, NULL);
+	struct event *sigusr1 = evsignal_new(base, SIGUSR1, drain_cb, NULL);
+	evsignal_add(sigusr1, NULL);
 	log_info("echo server listening", "addr=%s tls=%s", listen, cert ? "yes" : "no");
 	event_base_dispatch(base);
 	evconnlistener_free(lev);
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sigusr1);
 	rpc_server_free(&server);
 	event_base_free(base);
 	log_info("echo server stopped", "%s", "");

@@ -533,6 +533,54 @@ def test_c_client_keepalive_detects_frozen_server(tmp_path):
         stop_c_server(d)
 
 
+def _drain_lines(d, n, timeout=5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = [l for l in d.log_text().splitlines() if "echo server draining" in l]
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError("no drain line %d in:\n%s" % (n, d.log_text()[-3000:]))
+
+
+def test_c_client_server_drain(tmp_path):
+    """rpc_server_drain: the call in flight finishes, new calls move to a new
+    connection, and the drained connection closes once idle."""
+    d = start_c_server(tmp_path)
+    try:
+        def count():
+            d.proc.send_signal(signal.SIGUSR1)
+            lines = _drain_lines(d, 2)
+            # the drained connection is gone; only the new one remains
+            assert lines[1].endswith("conns=1"), lines
+        rc, out = _orchestrate([binary("tests", "rpc_echo_client"), "--target=127.0.0.1:%d" % d.port,
+                                "drain"],
+                               {"drain": lambda: d.proc.send_signal(signal.SIGUSR1), "count": count})
+        assert_client_ok(rc, out, ["drain"])
+        assert _drain_lines(d, 1)[0].endswith("conns=1")
+    finally:
+        stop_c_server(d)
+
+
+def test_py_client_server_drain(pb, tmp_path):
+    import grpc
+    echo_pb2, echo_pb2_grpc = pb
+    d = start_c_server(tmp_path)
+    try:
+        with grpc.insecure_channel("127.0.0.1:%d" % d.port) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            assert stub.Unary(echo_pb2.EchoRequest(payload=b"a"), timeout=5).payload == b"a"
+            fut = stub.Unary.future(echo_pb2.EchoRequest(payload=b"slow", delay_ms=1000), timeout=10)
+            time.sleep(0.2)
+            d.proc.send_signal(signal.SIGUSR1)
+            _drain_lines(d, 1)
+            time.sleep(0.2)
+            assert stub.Unary(echo_pb2.EchoRequest(payload=b"b"), timeout=5).payload == b"b"
+            assert fut.result().payload == b"slow"
+    finally:
+        stop_c_server(d)
+
+
 def _raw_h2_server_without_status(sock, done):
     """Answers the first request with HEADERS(:status 200, content-type grpc,
     END_STREAM) and no grpc-status, by hand (HPACK: 0x88 = :status 200)."""
