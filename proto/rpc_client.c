@@ -258,11 +258,15 @@ static void ccall_release(struct rpc_ccall *call)
 /* ccall_done - report the outcome once (only inside an entry point) */
 static void ccall_done(struct rpc_ccall *call, enum rpc_status st, const char *message)
 {
+	struct rpc_client *cl = call->cl;
+
 	if (call->state == CC_DEAD)
 		return;
+	cl_enter(cl); /* the call stays allocated while on_done runs */
 	ccall_release(call);
 	if (call->cbs.on_done != NULL)
 		call->cbs.on_done(call, st, message != NULL ? message : "", call->arg);
+	cl_leave(cl);
 }
 
 /* ccall_reset - stop the stream of an active call on the wire */

@@ -304,6 +304,12 @@ static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	sconn_flush(conn);
 }
 
+/* call_qpath - the request path made safe for a log line */
+static const char *call_qpath(const struct rpc_call *call, char *buf, size_t size)
+{
+	return log_quote(buf, size, call->path ? call->path : "", call->path ? strlen(call->path) : 0);
+}
+
 /* call_begin - request headers complete: validate, then hand to the handler */
 static void call_begin(struct rpc_call *call)
 {
@@ -313,17 +319,16 @@ static void call_begin(struct rpc_call *call)
 		call_http_error(call, "405");
 		return;
 	}
+	char buf[160];
 	if (!call->ctype_ok) {
 		log_info("rpc request not grpc", "peer=%s path=%s", conn->peer,
-			 call->path ? call->path : "-");
+			 call_qpath(call, buf, sizeof(buf)));
 		call_http_error(call, "415");
 		return;
 	}
 	if (call->method == NULL) {
-		char buf[160];
 		log_info("rpc unknown method", "peer=%s path=%s", conn->peer,
-			 log_quote(buf, sizeof(buf), call->path ? call->path : "",
-				   call->path ? strlen(call->path) : 0));
+			 call_qpath(call, buf, sizeof(buf)));
 		call_end(call, RPC_UNIMPLEMENTED, "unknown method");
 		return;
 	}

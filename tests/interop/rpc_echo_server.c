@@ -6,7 +6,8 @@
  *   delay_ms answers later (an evtimer, so deadlines can expire first);
  *   fail_code/fail_message finish with that status.
  * Flags: --listen=HOST:PORT [--tls-cert=F --tls-key=F] [--max-message=N]
- *        [--keepalive-ms=N]. A plain event_base + evconnlistener, one worker.
+ *        [--keepalive-ms=N] [--workers=N]. Each worker is a thread with its own
+ *        event_base and SO_REUSEPORT evconnlistener, sharing one rpc_server.
  * SIGTERM/SIGINT: drop connections (cancelling calls), free all, exit 0.
  * SIGUSR1: rpc_server_drain (GOAWAY; running calls finish), logs the count. */
 #include "lib/common.h"
@@ -15,10 +16,12 @@
 #include "proto/rpc.h"
 #include "echo.pb-c.h"
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <event2/thread.h>
 #include <openssl/ssl.h>
 
 #define ECHO_MAX_STREAM_BYTES (64u << 20)
@@ -38,7 +41,19 @@ struct echo_call {
 };
 
 static struct rpc_server *server;
-static struct event_base *base;
+
+/* one worker thread: its own event_base, its own SO_REUSEPORT listener */
+struct worker {
+	int idx;
+	struct event_base *base;
+	struct evconnlistener *lev;
+	struct event *stop_ev, *drain_ev;
+	pthread_t thr;
+};
+
+static struct worker *workers;
+static int nworkers = 1;
+static struct event_base *main_base;
 
 /* echo_free - releases a call's state (the call itself belongs to the runtime) */
 static void echo_free(struct echo_call *ec)
@@ -273,21 +288,56 @@ static const struct rpc_method methods[] = {
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
 		      int salen, void *arg)
 {
-	rpc_server_accept(server, 0, base, fd, sa, salen);
+	struct worker *w = arg;
+	rpc_server_accept(server, w->idx, w->base, fd, sa, salen);
+}
+
+/* worker_stop_cb - on the worker's thread: drop its connections, stop its loop */
+static void worker_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	rpc_server_close_all(server, w->idx);
+	event_base_loopexit(w->base, NULL);
+}
+
+static void worker_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	rpc_server_drain(server, w->idx);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	char name[16];
+	snprintf(name, sizeof(name), "w%d", w->idx);
+	log_set_thread(name);
+	event_base_dispatch(w->base);
+	return NULL;
+}
+
+/* conn_total - connections over all workers (read from the main thread) */
+static size_t conn_total(void)
+{
+	size_t n = 0;
+	for (int i = 0; i < nworkers; i++)
+		n += rpc_server_conn_count(server, i);
+	return n;
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
-	log_info("echo server stopping", "signal=%d conns=%zu", (int)sig,
-		 rpc_server_conn_count(server, 0));
-	rpc_server_close_all(server, 0);
-	event_base_loopexit(base, NULL);
+	log_info("echo server stopping", "signal=%d conns=%zu", (int)sig, conn_total());
+	for (int i = 0; i < nworkers; i++)
+		event_active(workers[i].stop_ev, 0, 0);
+	event_base_loopexit(main_base, NULL);
 }
 
 static void drain_cb(evutil_socket_t sig, short what, void *arg)
 {
-	log_info("echo server draining", "conns=%zu", rpc_server_conn_count(server, 0));
-	rpc_server_drain(server, 0);
+	log_info("echo server draining", "conns=%zu", conn_total());
+	for (int i = 0; i < nworkers; i++)
+		event_active(workers[i].drain_ev, 0, 0);
 }
 
 /* flag_value - "--name=value" -> value, else NULL */
@@ -318,6 +368,8 @@ int main(int argc, char **argv)
 			opts.max_message = strtoull(v, NULL, 10);
 		else if ((v = flag_value(argv[i], "--keepalive-ms")) != NULL)
 			opts.keepalive_ms = atoi(v);
+		else if ((v = flag_value(argv[i], "--workers")) != NULL)
+			nworkers = MAIL_MAX(1, atoi(v));
 		else if (strcmp(argv[i], "--debug") == 0)
 			log_set_level(LOG_LEVEL_DEBUG);
 		else
@@ -333,29 +385,50 @@ int main(int argc, char **argv)
 		    SSL_CTX_use_PrivateKey_file(opts.tls, key != NULL ? key : cert, SSL_FILETYPE_PEM) != 1)
 			log_fatal("cannot load certificate", "cert=%s key=%s", cert, key ? key : cert);
 	}
-	base = event_base_new();
-	server = rpc_server_new(methods, N_ELEMENTS(methods), &opts, 1);
+	evthread_use_pthreads();
+	main_base = event_base_new();
+	server = rpc_server_new(methods, N_ELEMENTS(methods), &opts, nworkers);
 	if (opts.tls != NULL)
 		SSL_CTX_free(opts.tls); /* the server holds its own reference */
-	struct evconnlistener *lev = evconnlistener_new_bind(
-		base, accept_cb, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
-		(struct sockaddr *)&ss, sslen);
-	if (lev == NULL)
-		log_fatal("cannot listen", "addr=%s", listen);
-	struct event *sigterm = evsignal_new(base, SIGTERM, signal_cb, NULL);
-	struct event *sigint = evsignal_new(base, SIGINT, signal_cb, NULL);
+	workers = xcalloc((size_t)nworkers, sizeof(*workers));
+	for (int i = 0; i < nworkers; i++) {
+		struct worker *w = &workers[i];
+		w->idx = i;
+		w->base = event_base_new();
+		w->lev = evconnlistener_new_bind(w->base, accept_cb, w,
+						 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+						 LEV_OPT_REUSEABLE_PORT, 128,
+						 (struct sockaddr *)&ss, sslen);
+		if (w->lev == NULL)
+			log_fatal("cannot listen", "addr=%s", listen);
+		w->stop_ev = event_new(w->base, -1, 0, worker_stop_cb, w);
+		w->drain_ev = event_new(w->base, -1, 0, worker_drain_cb, w);
+	}
+	for (int i = 0; i < nworkers; i++)
+		pthread_create(&workers[i].thr, NULL, worker_main, &workers[i]);
+	struct event *sigterm = evsignal_new(main_base, SIGTERM, signal_cb, NULL);
+	struct event *sigint = evsignal_new(main_base, SIGINT, signal_cb, NULL);
+	struct event *sigusr1 = evsignal_new(main_base, SIGUSR1, drain_cb, NULL);
 	evsignal_add(sigterm, NULL);
 	evsignal_add(sigint, NULL);
-	struct event *sigusr1 = evsignal_new(base, SIGUSR1, drain_cb, NULL);
 	evsignal_add(sigusr1, NULL);
-	log_info("echo server listening", "addr=%s tls=%s", listen, cert ? "yes" : "no");
-	event_base_dispatch(base);
-	evconnlistener_free(lev);
+	log_info("echo server listening", "addr=%s tls=%s workers=%d", listen, cert ? "yes" : "no",
+		 nworkers);
+	event_base_dispatch(main_base);
+	for (int i = 0; i < nworkers; i++) {
+		struct worker *w = &workers[i];
+		pthread_join(w->thr, NULL);
+		evconnlistener_free(w->lev);
+		event_free(w->stop_ev);
+		event_free(w->drain_ev);
+		event_base_free(w->base);
+	}
+	free(workers);
 	event_free(sigterm);
 	event_free(sigint);
 	event_free(sigusr1);
 	rpc_server_free(&server);
-	event_base_free(base);
+	event_base_free(main_base);
 	log_info("echo server stopped", "%s", "");
 	return 0;
 }

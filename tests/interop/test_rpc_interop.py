@@ -379,6 +379,53 @@ def test_py_tls_alpn_h2(pb, certs, tmp_path):
         stop_c_server(d)
 
 
+def test_py_multi_worker_server_and_stop_with_calls_in_flight(pb, tmp_path):
+    """One rpc_server shared by 3 worker threads (SO_REUSEPORT listeners);
+    then SIGTERM while calls run: rpc_server_close_all cancels them (on_cancel
+    frees the handlers' state) and the server exits 0 under ASan."""
+    import grpc
+    from concurrent import futures
+    echo_pb2, echo_pb2_grpc = pb
+    d = start_c_server(tmp_path, "--workers=3", name="c-workers")
+    # a local subchannel pool each: 8 TCP connections, spread by SO_REUSEPORT
+    channels = [grpc.insecure_channel("127.0.0.1:%d" % d.port,
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(8)]
+    try:
+        stubs = [echo_pb2_grpc.EchoStub(ch) for ch in channels]
+
+        def work(i):
+            stub = stubs[i % len(stubs)]
+            rep = stub.Unary(echo_pb2.EchoRequest(payload=b"w%d" % i), timeout=10)
+            reps = list(stub.ServerStream(echo_pb2.EchoRequest(payload=b"s", count=20), timeout=10))
+            return rep.payload == b"w%d" % i and len(reps) == 20
+
+        with futures.ThreadPoolExecutor(16) as ex:
+            assert all(ex.map(work, range(64)))
+        slow = [stubs[i].Unary.future(echo_pb2.EchoRequest(payload=b"z", delay_ms=5000), timeout=20)
+                for i in range(len(stubs))]
+        slow += [stubs[i].ServerStream(echo_pb2.EchoRequest(payload=b"z", count=5, delay_ms=5000), timeout=20)
+                 for i in range(len(stubs))]
+        time.sleep(0.3)
+        stop_c_server(d)
+        for f in slow[:len(stubs)]:
+            with pytest.raises(grpc.RpcError) as ei:
+                f.result(timeout=10)
+            assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                       grpc.StatusCode.INTERNAL)
+        log = d.log_text()
+        assert "workers=3" in log
+        assert log.count("echo call cancelled") >= 2 * len(stubs), log[-3000:]
+        # connections were spread over the workers' threads
+        assert len({l.split("thr=")[1].split()[0] for l in log.splitlines()
+                    if "echo call cancelled" in l}) >= 2, log[-3000:]
+    finally:
+        for ch in channels:
+            ch.close()
+        if d.proc.poll() is None:
+            stop_c_server(d)
+
+
 def test_non_grpc_content_type_is_415(c_server):
     # no body: curl would otherwise race our RST_STREAM(NO_ERROR) that follows an early answer
     p = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null",
