@@ -1142,14 +1142,20 @@ struct rpc_ccall *rpc_client_call(struct rpc_client *c, const char *path, int64_
 void rpc_ccall_add_metadata(struct rpc_ccall *call, const char *name, const char *value)
 {
 	size_t nlen = strlen(name), vlen = strlen(value);
-	char *v;
+	char *v, *lname;
 
 	if (call->state != CC_NEW) {
 		log_warn("rpc metadata after the call started", "name=%s", name);
 		return;
 	}
-	if (!rpc_md_name_valid(name)) {
-		log_warn("rpc bad metadata name", "name=%s", name);
+	lname = xstrdup(name); /* HTTP/2 header names are lowercase */
+	for (char *p = lname; *p != '\0'; p++) {
+		if (*p >= 'A' && *p <= 'Z')
+			*p = (char)(*p - 'A' + 'a');
+	}
+	if (!rpc_md_name_valid(lname)) {
+		log_warn("rpc bad metadata name", "name=%s", lname);
+		free(lname);
 		return;
 	}
 	if (rpc_md_is_bin(name, nlen)) {
@@ -1157,14 +1163,15 @@ void rpc_ccall_add_metadata(struct rpc_ccall *call, const char *name, const char
 	} else {
 		for (size_t i = 0; i < vlen; i++) {
 			if ((uint8_t)value[i] < 0x20 || (uint8_t)value[i] > 0x7e) {
-				log_warn("rpc bad metadata value", "name=%s", name);
+				log_warn("rpc bad metadata value", "name=%s", lname);
+				free(lname);
 				return;
 			}
 		}
 		v = xstrdup(value);
 	}
 	call->md = xrealloc(call->md, (call->n_md + 1) * sizeof(*call->md));
-	call->md[call->n_md] = (nghttp2_nv){ (uint8_t *)xstrdup(name), (uint8_t *)v, nlen,
+	call->md[call->n_md] = (nghttp2_nv){ (uint8_t *)lname, (uint8_t *)v, nlen,
 					     strlen(v), NGHTTP2_NV_FLAG_NONE };
 	call->n_md++;
 }

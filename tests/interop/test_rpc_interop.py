@@ -513,6 +513,23 @@ def test_c_client_tls_vs_c_server(certs, tmp_path):
         stop_c_server(d)
 
 
+def test_c_client_refuses_tls_without_h2(certs):
+    """A TLS server that negotiates no ALPN (openssl s_server): the client
+    must not speak HTTP/2 to it; the call fails UNAVAILABLE."""
+    port = free_port()
+    srv = subprocess.Popen(["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", certs[0],
+                            "-key", certs[1], "-www", "-quiet"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 10, srv)
+        rc, out = run_client("127.0.0.1:%d" % port, "unavailable", extra=["--tls-ca=" + certs[0]])
+        assert_client_ok(rc, out, ["unavailable"])
+        assert "ALPN h2" in out
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def test_c_client_nothing_listening():
     rc, out = run_client("127.0.0.1:%d" % free_port(), "unavailable")
     assert_client_ok(rc, out, ["unavailable"])

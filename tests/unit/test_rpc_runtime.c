@@ -251,7 +251,7 @@ static void test_unary_metadata_deadline(void **state)
 	struct cres r = { 0 };
 	struct rpc_ccall *call;
 	API(call = rpc_client_call(c, "/t.T/Echo", 5000, &ccbs, &r));
-	API(rpc_ccall_add_metadata(call, "x-test", "hello md"));
+	API(rpc_ccall_add_metadata(call, "X-Test", "hello md")); /* sent lowercase */
 	API(rpc_ccall_add_metadata(call, "x-data-bin", "\x01\x02\xff"));
 	API(rpc_ccall_add_metadata(call, "Bad Name", "ignored"));
 	API(assert_int_equal(rpc_ccall_send(call, "ping", 4), 0));
