@@ -654,10 +654,20 @@ static void cconn_readcb(struct bufferevent *bev, void *arg)
 	struct rpc_client *cl = conn->cl;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
+	size_t extra = 0;
+
 	cl_enter(cl);
 	conn->rx_seen = true;
-	while (!conn->dead && conn->h2 != NULL && evbuffer_get_length(in) > 0) {
+	while (!conn->dead && conn->h2 != NULL) {
 		struct evbuffer_iovec v;
+		if (evbuffer_get_length(in) == 0) {
+			/* plain sockets: take what else has arrived before answering */
+			size_t got;
+			if (cl->tls != NULL || extra >= RPC_READ_BATCH ||
+			    (got = rpc_sock_read_more(bev)) == 0)
+				break;
+			extra += got;
+		}
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		ssize_t rv = nghttp2_session_mem_recv(conn->h2, v.iov_base, v.iov_len);

@@ -83,6 +83,7 @@ struct rpc_sconn {
 	bool ping_out;
 	bool rx_seen;
 	bool ka_on;
+	bool tls;
 };
 
 struct rpc_call {
@@ -656,10 +657,19 @@ static void sconn_readcb(struct bufferevent *bev, void *arg)
 	struct rpc_sconn *conn = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
+	size_t extra = 0;
+
 	conn->busy++;
 	conn->rx_seen = true;
-	while (!conn->closing && evbuffer_get_length(in) > 0) {
+	while (!conn->closing) {
 		struct evbuffer_iovec v;
+		if (evbuffer_get_length(in) == 0) {
+			/* plain sockets: take what else has arrived before answering */
+			size_t got;
+			if (conn->tls || extra >= RPC_READ_BATCH || (got = rpc_sock_read_more(bev)) == 0)
+				break;
+			extra += got;
+		}
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		ssize_t rv = nghttp2_session_mem_recv(conn->h2, v.iov_base, v.iov_len);
@@ -907,6 +917,7 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 							   BEV_OPT_DEFER_CALLBACKS);
 		if (conn->bev != NULL)
 			bufferevent_openssl_set_allow_dirty_shutdown(conn->bev, 1);
+		conn->tls = true;
 	} else {
 		conn->bev = bufferevent_socket_new(base, fd,
 						   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
