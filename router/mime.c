@@ -322,6 +322,14 @@ static void part_end(struct parser *ps, struct mime_part *p, size_t end, uint64_
 		p->flags |= MIME_F_NO_HEADER_END;
 	}
 	if (end <= p->body_offset) {
+		/* the line break ending the header is the one the boundary owns:
+		 * the header stops where the part does; a part that would start
+		 * after its end (nothing between two boundaries) is empty at end,
+		 * so it stays inside its parent, which ends there too */
+		if (end < p->header_offset)
+			p->header_offset = end;
+		p->header_size = end - p->header_offset;
+		p->body_offset = end;
 		p->body_size = 0;
 		p->lines = 0;
 		return;

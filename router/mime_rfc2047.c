@@ -104,6 +104,8 @@ static size_t utf8_seq_len(const uint8_t *p, size_t n)
 void mime_utf8_append_valid(struct mime_buf *out, const uint8_t *p, size_t n)
 {
 	size_t run = 0, i = 0;
+	if (n == 0)
+		return;		/* p may be NULL */
 	while (i < n) {
 		if (p[i] != 0 && p[i] < 0x80) {
 			i++;
