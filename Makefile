@@ -51,11 +51,11 @@ pytest:
 fuzz:
 	CC=clang cmake -S . -B build-fuzz -DMAIL_FUZZ=ON >/dev/null
 	cmake --build build-fuzz -j$(JOBS)
-	@for f in build-fuzz/tests/fuzz_*; do \
+	@set -o pipefail; for f in build-fuzz/tests/fuzz_*; do \
 		[ -x "$$f" ] || continue; name=$$(basename $$f); corpus=tests/fuzz/corpus/$${name#fuzz_}; \
 		mkdir -p /tmp/mail-fuzz-$$name; \
 		echo "fuzz $$name (20 s)"; \
-		$$f -max_total_time=20 -max_len=65536 -print_final_stats=0 /tmp/mail-fuzz-$$name $$( [ -d $$corpus ] && echo $$corpus ) 2>&1 | tail -2 || exit 1; \
+		$$f -max_total_time=20 -max_len=65536 -artifact_prefix=/tmp/mail-fuzz-$$name- /tmp/mail-fuzz-$$name $$( [ -d $$corpus ] && echo $$corpus ) 2>&1 | tail -2 || exit 1; \
 	done
 
 bench: deps build
