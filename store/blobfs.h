@@ -42,8 +42,9 @@ enum blob_result {
 const char *blob_result_name(enum blob_result r);
 
 /* How commits are made durable (see blobfs.c for the measurements):
- *   SYNCFS: one thread takes every pending commit, fdatasync-free: syncfs() once
- *           for the data, renames all, syncfs() once more for the directories.
+ *   SYNCFS: one thread takes every pending commit; one syncfs() makes this
+ *           batch's data and the previous batch's renames durable, then this
+ *           batch is renamed and waits for the next syncfs (pipelined).
  *   BATCH:  sync threads take every pending commit, kick writeback for all,
  *           fdatasync each, rename all, fsync each distinct directory once.
  *   POOL:   sync threads each commit one blob on its own (fdatasync, rename,
