@@ -1027,6 +1027,7 @@ static int split_addr(const char *addr, char **host_r, char **port_r)
 	return 0;
 }
 
+/* rpc_client_new - parse the address, copy options; no connection yet */
 struct rpc_client *rpc_client_new(struct event_base *base, const char *addr,
 				  const struct rpc_client_opts *opts)
 {
@@ -1084,6 +1085,7 @@ struct rpc_client *rpc_client_new(struct event_base *base, const char *addr,
 	return cl;
 }
 
+/* rpc_client_free - drop calls silently, close connections, free now or on return */
 void rpc_client_free(struct rpc_client **cp)
 {
 	struct rpc_client *cl = *cp;
@@ -1123,6 +1125,7 @@ const char *rpc_client_addr(const struct rpc_client *c)
 	return c->addr;
 }
 
+/* rpc_client_call - a NEW call; its deadline timer starts now */
 struct rpc_ccall *rpc_client_call(struct rpc_client *c, const char *path, int64_t timeout_ms,
 				  const struct rpc_ccall_cbs *cbs, void *arg)
 {
@@ -1149,6 +1152,7 @@ struct rpc_ccall *rpc_client_call(struct rpc_client *c, const char *path, int64_
 	return call;
 }
 
+/* rpc_ccall_add_metadata - lowercase name, base64 for -bin, printable values only */
 void rpc_ccall_add_metadata(struct rpc_ccall *call, const char *name, const char *value)
 {
 	size_t nlen = strlen(name), vlen = strlen(value);
@@ -1210,6 +1214,7 @@ static void ccall_queue_end(struct rpc_ccall *call, size_t len)
 	}
 }
 
+/* rpc_ccall_send - frame and queue one request message (starts the call) */
 int rpc_ccall_send(struct rpc_ccall *call, const void *msg, size_t len)
 {
 	uint8_t *p = ccall_queue_begin(call, len);
@@ -1232,6 +1237,7 @@ int rpc_ccall_send_pb(struct rpc_ccall *call, const struct ProtobufCMessage *msg
 	return 0;
 }
 
+/* rpc_ccall_close_send - END_STREAM after the queued messages (starts the call) */
 void rpc_ccall_close_send(struct rpc_ccall *call)
 {
 	if (call == NULL || call->state == CC_DEAD || call->send_closed)
@@ -1250,6 +1256,7 @@ size_t rpc_ccall_queued(const struct rpc_ccall *call)
 	return rpc_bytes_len(&call->out);
 }
 
+/* rpc_ccall_cancel - RST_STREAM(CANCEL) if on the wire; no callback follows */
 void rpc_ccall_cancel(struct rpc_ccall *call)
 {
 	if (call == NULL || call->state == CC_DEAD)

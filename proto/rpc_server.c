@@ -788,6 +788,7 @@ static SSL_CTX *srv_take_tls(SSL_CTX *ctx)
 	return ctx;
 }
 
+/* rpc_server_new - copy the method table, take a TLS reference, set up nghttp2 */
 struct rpc_server *rpc_server_new(const struct rpc_method *methods, size_t n_methods,
 				  const struct rpc_server_opts *opts, int nworkers)
 {
@@ -830,6 +831,7 @@ struct rpc_server *rpc_server_new(const struct rpc_method *methods, size_t n_met
 	return srv;
 }
 
+/* rpc_server_free - after the workers stopped: free what is left */
 void rpc_server_free(struct rpc_server **srvp)
 {
 	struct rpc_server *srv = *srvp;
@@ -853,6 +855,7 @@ void rpc_server_free(struct rpc_server **srvp)
 	free(srv);
 }
 
+/* rpc_server_set_tls - new connections use tls; live ones keep theirs */
 void rpc_server_set_tls(struct rpc_server *srv, SSL_CTX *tls)
 {
 	SSL_CTX *nctx = srv_take_tls(tls), *old;
@@ -893,6 +896,7 @@ static void format_peer(const struct sockaddr *sa, int salen, char *buf, size_t 
 		snprintf(buf, size, "%s:%s", host, serv);
 }
 
+/* rpc_server_accept - a connection on the caller's loop; our SETTINGS go at once */
 void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base,
 		       evutil_socket_t fd, const struct sockaddr *peer, int peer_len)
 {
@@ -958,6 +962,7 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 	sconn_flush(conn); /* our SETTINGS go out at once (h2c prior knowledge) */
 }
 
+/* rpc_server_drain - stop new streams on every connection of worker widx */
 void rpc_server_drain(struct rpc_server *srv, int widx)
 {
 	for (struct rpc_sconn *conn = srv->workers[widx].conns; conn != NULL; conn = conn->next) {
@@ -972,6 +977,7 @@ void rpc_server_drain(struct rpc_server *srv, int widx)
 	}
 }
 
+/* rpc_server_close_all - free worker widx's connections (later if busy) */
 void rpc_server_close_all(struct rpc_server *srv, int widx)
 {
 	struct rpc_sconn *conn = srv->workers[widx].conns, *next;
@@ -1067,6 +1073,7 @@ static void call_queue_end(struct rpc_call *call, size_t len)
 	sconn_want_flush(call->conn);
 }
 
+/* rpc_call_send - frame and queue one response message */
 int rpc_call_send(struct rpc_call *call, const void *msg, size_t len)
 {
 	uint8_t *p = call_queue_begin(call, len);
@@ -1094,6 +1101,7 @@ size_t rpc_call_queued(const struct rpc_call *call)
 	return rpc_bytes_len(&call->out);
 }
 
+/* rpc_call_finish - the handler is done; trailers follow the queued messages */
 void rpc_call_finish(struct rpc_call *call, enum rpc_status st, const char *message)
 {
 	if (call == NULL || !call_live(call))
