@@ -422,3 +422,58 @@ def test_sigterm_with_put_in_flight(fresh):
     s.start()
     assert s.files("tmp") == []
     assert s.stub.Stat(pb.StatRequest(id=sha(b"settled"))).exists
+
+
+def test_tls_and_reload(fresh, tmpdir_short):
+    cert = os.path.join(tmpdir_short, "cert.pem")
+    key = os.path.join(tmpdir_short, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    s = fresh("tls", ["--tls-cert=" + cert, "--tls-key=" + key])
+    with open(cert, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+
+    def tls_stub():
+        ch = grpc.secure_channel("127.0.0.1:%d" % s.port, creds,
+                                 options=[("grpc.ssl_target_name_override", "localhost")])
+        return ch, pbg.BlobStoreStub(ch)
+    ch, stub = tls_stub()
+    data = os.urandom(100000)
+    r = stub.Put(iter([pb.PutRequest(data=data[:CHUNK]), pb.PutRequest(data=data[CHUNK:])]),
+                 timeout=10)
+    assert r.id == sha(data)
+    assert b"".join(m.data for m in stub.Get(pb.GetRequest(id=r.id), timeout=10)) == data
+    ch.close()
+    # plaintext h2c is not served on a TLS listener
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub.Stat(pb.StatRequest(id=r.id), timeout=3)
+    assert code_of(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    # SIGHUP reloads the certificate; new connections still work
+    s.daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "tls=reloaded" not in s.daemon.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "tls=reloaded" in s.daemon.log_text()
+    ch, stub = tls_stub()
+    assert stub.Stat(pb.StatRequest(id=r.id), timeout=10).exists
+    ch.close()
+
+
+def test_put_deadline_cleans_up(store):
+    release = threading.Event()
+
+    def stalled():
+        yield pb.PutRequest(data=b"y" * 5000)
+        release.wait(10)
+    with pytest.raises(grpc.RpcError) as e:
+        store.stub.Put(stalled(), timeout=0.5)
+    release.set()
+    assert code_of(e) == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while store.files("tmp") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.files("tmp") == []
+    assert not store.stub.Stat(pb.StatRequest(id=sha(b"y" * 5000))).exists
