@@ -29,6 +29,7 @@ const struct mime_limits mime_default_limits = {
 	.max_parts = MIME_DEFAULT_MAX_PARTS,
 	.max_header_line = MIME_DEFAULT_MAX_HEADER_LINE,
 	.max_headers = MIME_DEFAULT_MAX_HEADERS,
+	.max_total_headers = MIME_DEFAULT_MAX_TOTAL_HEADERS,
 	.max_boundary_len = MIME_DEFAULT_MAX_BOUNDARY_LEN,
 	.max_size = MIME_DEFAULT_MAX_SIZE,
 	.max_params = MIME_DEFAULT_MAX_PARAMS,
@@ -84,6 +85,8 @@ static void limits_init(struct mime_limits *l, const struct mime_limits *in)
 			l->max_header_line = in->max_header_line;
 		if (in->max_headers != 0)
 			l->max_headers = in->max_headers;
+		if (in->max_total_headers != 0)
+			l->max_total_headers = in->max_total_headers;
 		if (in->max_boundary_len != 0)
 			l->max_boundary_len = in->max_boundary_len;
 		if (in->max_size != 0)
@@ -179,10 +182,12 @@ static void field_add(struct parser *ps, struct mime_part *p, size_t start, size
 		if (s[i] <= ' ' || s[i] >= 0x7F)
 			return;
 	}
-	if (p->header_count >= ps->lim->max_headers) {
+	if (p->header_count >= ps->lim->max_headers ||
+	    ps->m->header_total >= ps->lim->max_total_headers) {
 		p->flags |= MIME_F_HEADER_TRUNCATED;
 		return;
 	}
+	ps->m->header_total++;
 	if (p->header_count == 0)
 		p->headers = xmalloc(8 * sizeof(*p->headers));
 	else if (p->header_count >= 8 && (p->header_count & (p->header_count - 1)) == 0)

@@ -28,6 +28,7 @@
 #define MIME_DEFAULT_MAX_PARTS 1000		/* parts in the tree, root included */
 #define MIME_DEFAULT_MAX_HEADER_LINE (64 * 1024) /* one field, folded lines included */
 #define MIME_DEFAULT_MAX_HEADERS 1000		/* fields kept per part */
+#define MIME_DEFAULT_MAX_TOTAL_HEADERS 10000	/* fields kept in the whole message */
 #define MIME_DEFAULT_MAX_BOUNDARY_LEN 70	/* RFC 2046 5.1.1 */
 #define MIME_DEFAULT_MAX_SIZE ((size_t)128 * 1024 * 1024) /* bytes scanned for structure */
 #define MIME_DEFAULT_MAX_PARAMS 64		/* parameters per Content-Type/-Disposition */
@@ -43,6 +44,7 @@ struct mime_limits {
 	unsigned int max_parts;
 	size_t max_header_line;
 	unsigned int max_headers;
+	unsigned int max_total_headers;	/* bounds memory: a field costs more than its bytes */
 	size_t max_boundary_len;
 	size_t max_size;
 	unsigned int max_params;
@@ -59,7 +61,8 @@ enum mime_part_kind {
 
 /* Part flags (struct mime_part.flags); their union is mime_message_flags(). */
 #define MIME_F_NO_HEADER_END	0x0001u	/* header ran to the part end, no blank line */
-#define MIME_F_HEADER_TRUNCATED	0x0002u	/* a field over max_header_line, or over max_headers */
+#define MIME_F_HEADER_TRUNCATED	0x0002u	/* a field over max_header_line, or fields over
+					 * max_headers or max_total_headers dropped */
 #define MIME_F_NO_BOUNDARY	0x0004u	/* multipart without a usable boundary: opaque */
 #define MIME_F_MISSING_END	0x0008u	/* multipart without its close delimiter */
 #define MIME_F_DEPTH_LIMIT	0x0010u	/* container not opened: max_depth */

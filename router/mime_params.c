@@ -277,50 +277,60 @@ static void finish_ext(struct mime_param *mp, struct mime_buf *octets, struct mi
 	mp->ext_value = mime_buf_steal(&e);
 }
 
+static bool same_base(const struct raw_param *raw, const struct attr_info *info, unsigned int a,
+		      unsigned int b)
+{
+	return info[a].base_len == info[b].base_len &&
+	       memcmp(raw[a].attr, raw[b].attr, info[a].base_len) == 0;
+}
+
 /* merge_one - the parameter called raw[i]'s base name, from the best form:
- * continuations (if section 0 exists), else name*, else name */
-static void merge_one(struct raw_param *raw, unsigned int n, unsigned int i, size_t base_len,
-		      struct mime_param *mp)
+ * continuations (if section 0 exists), else name*, else name. info holds
+ * every raw attribute classified once. */
+static void merge_one(struct raw_param *raw, const struct attr_info *info, unsigned int n,
+		      unsigned int i, struct mime_param *mp)
 {
 	const char *base = raw[i].attr;
+	size_t base_len = info[i].base_len;
 	int plain = -1, ext = -1;
 	bool have_section0 = false;
-	struct attr_info ai;
 	for (unsigned int j = i; j < n; j++) {
-		classify(raw[j].attr, &ai);
-		if (ai.base_len != base_len || memcmp(raw[j].attr, base, base_len) != 0)
+		if (!same_base(raw, info, i, j))
 			continue;
-		if (ai.kind == ATTR_PLAIN && plain < 0)
+		if (info[j].kind == ATTR_PLAIN && plain < 0)
 			plain = (int)j;
-		else if (ai.kind == ATTR_EXT && ext < 0)
+		else if (info[j].kind == ATTR_EXT && ext < 0)
 			ext = (int)j;
-		else if (ai.kind == ATTR_SECTION && ai.section == 0)
+		else if (info[j].kind == ATTR_SECTION && info[j].section == 0)
 			have_section0 = true;
 	}
 	mp->name = xstrndup(base, base_len);
 	struct mime_buf octets = { 0 }, cs = { 0 }, lang = { 0 };
 	if (have_section0) {
+		/* sections by number, first occurrence; a number >= n cannot be
+		 * reached without a gap, so n slots are enough */
+		int *by_section = xmalloc(n * sizeof(*by_section));
+		for (unsigned int j = 0; j < n; j++)
+			by_section[j] = -1;
+		for (unsigned int j = i; j < n; j++) {
+			if (info[j].kind == ATTR_SECTION && info[j].section < n &&
+			    by_section[info[j].section] < 0 && same_base(raw, info, i, j))
+				by_section[info[j].section] = (int)j;
+		}
 		bool any_ext = false;
-		for (unsigned int k = 0; k <= RFC2231_MAX_SECTION; k++) {
-			int found = -1;
-			for (unsigned int j = i; j < n && found < 0; j++) {
-				classify(raw[j].attr, &ai);
-				if (ai.kind == ATTR_SECTION && ai.section == k && ai.base_len == base_len &&
-				    memcmp(raw[j].attr, base, base_len) == 0)
-					found = (int)j;
-			}
-			if (found < 0)
-				break;
-			classify(raw[found].attr, &ai);
+		for (unsigned int k = 0; k < n && by_section[k] >= 0; k++) {
+			int found = by_section[k];
 			const char *v = raw[found].value.data;
-			if (!ai.section_ext)
+			bool sect_ext = info[found].section_ext;
+			if (!sect_ext)
 				mime_buf_append(&octets, v, strlen(v));
 			else if (k == 0)
 				decode_ext_first(v, &octets, &cs, &lang);
 			else
 				pct_decode(&octets, v, strlen(v));
-			any_ext |= ai.section_ext;
+			any_ext |= sect_ext;
 		}
+		free(by_section);
 		if (any_ext) {
 			finish_ext(mp, &octets, &cs, &lang);
 		} else {
@@ -344,13 +354,14 @@ static unsigned int merge_params(struct raw_param *raw, unsigned int n, unsigned
 {
 	struct mime_param *out = NULL;
 	unsigned int count = 0;
+	struct attr_info *info = xcalloc(n, sizeof(*info));
+	unsigned int *first = xcalloc(n, sizeof(*first));	/* raw index of out[j] */
+	for (unsigned int i = 0; i < n; i++)
+		classify(raw[i].attr, &info[i]);
 	for (unsigned int i = 0; i < n; i++) {
-		struct attr_info ai;
-		classify(raw[i].attr, &ai);
 		bool seen = false;
 		for (unsigned int j = 0; j < count && !seen; j++)
-			seen = strlen(out[j].name) == ai.base_len &&
-			       memcmp(out[j].name, raw[i].attr, ai.base_len) == 0;
+			seen = same_base(raw, info, first[j], i);
 		if (seen)
 			continue;
 		if (count >= max) {
@@ -359,9 +370,11 @@ static unsigned int merge_params(struct raw_param *raw, unsigned int n, unsigned
 		}
 		out = xrealloc(out, (count + 1) * sizeof(*out));
 		memset(&out[count], 0, sizeof(*out));
-		merge_one(raw, n, i, ai.base_len, &out[count]);
-		count++;
+		merge_one(raw, info, n, i, &out[count]);
+		first[count++] = i;
 	}
+	free(info);
+	free(first);
 	*params_r = out;
 	return count;
 }

@@ -16,6 +16,7 @@ struct mime_message {
 	unsigned int part_count, parts_alloc;
 	size_t size;
 	unsigned int flags;
+	unsigned int header_total;	/* fields stored in all parts */
 	struct mime_limits lim;
 };
 

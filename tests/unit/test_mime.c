@@ -941,6 +941,38 @@ static void test_hostile_lines(void **state)
 	m = parse_timed("5000 RFC 2231 sections", b.data, b.len, NULL);
 	assert_true(mime_message_flags(m) & MIME_F_PARAMS_TRUNCATED);
 	mime_message_free(&m);
+
+	/* 1000 parts, each with 256 raw parameters to merge */
+	b.len = 0;
+	sb_add(&b, "Content-Type: multipart/mixed; boundary=x\n\n", 43);
+	for (int i = 0; i < 1000; i++) {
+		sb_add(&b, "--x\nContent-Type: text/plain", 28);
+		for (int j = 0; j < 256; j++)
+			sb_printf(&b, "; p%d*%d*=%%41", j % 4, j / 4);
+		sb_add(&b, "\n\nx\n", 4);
+	}
+	m = parse_timed("1000 parts x 256 parameters", b.data, b.len, NULL);
+	const struct mime_part *p = mime_message_part(m, 1);
+	assert_int_equal(p->param_count, 4);
+	assert_int_equal(strlen(p->params[0].value), 64);
+	mime_message_free(&m);
+
+	/* 200 parts of 1000 tiny fields: the message-wide field budget */
+	b.len = 0;
+	sb_add(&b, "Content-Type: multipart/mixed; boundary=x\n\n", 43);
+	for (int i = 0; i < 200; i++) {
+		sb_add(&b, "--x\n", 4);
+		for (int j = 0; j < 1000; j++)
+			sb_add(&b, "X:\n", 3);
+		sb_add(&b, "\nbody\n", 6);
+	}
+	m = parse_timed("200 parts x 1000 fields", b.data, b.len, NULL);
+	unsigned int fields = 0;
+	for (unsigned int i = 0; i < mime_message_part_count(m); i++)
+		fields += mime_message_part(m, i)->header_count;
+	assert_int_equal(fields, MIME_DEFAULT_MAX_TOTAL_HEADERS);
+	assert_int_equal(mime_message_part_count(m), 201);
+	mime_message_free(&m);
 	free(b.data);
 }
 
