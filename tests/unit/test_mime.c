@@ -445,6 +445,18 @@ static void test_rfc2047(void **state)
 	expect_decode("=?utf-8?q?a=00b=ZZ=?=", "ab=ZZ=");
 	/* folding removed */
 	expect_decode("line one\r\n two", "line one two");
+	/* the rest of ISO-8859-15's differences from Latin-1; NUL dropped there too */
+	expect_decode("=?iso-8859-15?q?=A6=A8=B4=B8=BC=BD=BE=00=E9?=",
+		      "\xc5\xa0\xc5\xa1\xc5\xbd\xc5\xbe\xc5\x92\xc5\x93\xc5\xb8\xc3\xa9");
+	/* base64's last two letters; invalid UTF-8 octets each replaced */
+	expect_decode("=?utf-8?b?+/8=?=", "\xef\xbf\xbd\xef\xbf\xbd");
+	/* 4-byte UTF-8 kept, overlong and surrogate forms replaced */
+	expect_decode("\xf0\x9f\x93\xa7 =?utf-8?q?=F0=9F=93=A7?=", "\xf0\x9f\x93\xa7 \xf0\x9f\x93\xa7");
+	expect_decode("\xc0\xaf\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+	/* near misses of the syntax */
+	expect_decode("=?utf-8?q", "=?utf-8?q");
+	expect_decode("=?utf-8?qq?x?=", "=?utf-8?qq?x?=");
+	expect_decode("=?utf-8?q?x?", "=?utf-8?q?x?");
 }
 
 /* addr_dump - "name|route|mailbox|host;" per entry, "-" for NULL */
@@ -512,6 +524,9 @@ static void test_addresses(void **state)
 	expect_addr("(unterminated comment a@b", 0, "");
 	expect_addr("a@b > c@d, e@f", 0, "-|-|a|b;-|-|e|f;");
 	expect_addr("[1.2.3.4], ok@x", 0, "-|-|ok|x;");
+	expect_addr("<a@b c d>, e@f", 0, "-|-|a|bcd;-|-|e|f;");
+	expect_addr("<a@b \"q\" <x>, e@f", 0, "-|-|a|bq;-|-|e|f;");
+	expect_addr("\"line\r\n break\" <a@b>", 0, "line break|-|a|b;");
 	/* 8-bit display name kept raw; encoded words kept raw */
 	expect_addr("J\xc3\xb6rg <j@x>", 0, "J\xc3\xb6rg|-|j|x;");
 	expect_addr("=?utf-8?q?J=C3=B6rg?= <j@x>", 0, "=?utf-8?q?J=C3=B6rg?=|-|j|x;");
@@ -564,6 +579,13 @@ static void test_content_fields(void **state)
 	/* extended value without the quotes, %-escapes that are not */
 	expect_bs("Content-Type: application/x; a*=100%25%zz%4\n\nx",
 		  "(\"application\" \"x\" (\"a\" \"100%%zz%4\") NIL NIL \"7bit\" 1)");
+	/* junk before a ';' is skipped, quotes and comments in it included */
+	expect_bs("Content-Type: text/plain junk \"x;y\" (a;\\)b) more; a=1\n\nx",
+		  "(\"text\" \"plain\" (\"a\" \"1\") NIL NIL \"7bit\" 1 1)");
+	expect_bs("Content-Type: ???; charset=x\n\nx",
+		  "(\"text\" \"plain\" (\"charset\" \"x\") NIL NIL \"7bit\" 1 1)");
+	expect_bs("Content-Type: text/plain; a=\"b\r c\"\n\nx",
+		  "(\"text\" \"plain\" (\"a\" \"b c\") NIL NIL \"7bit\" 1 1)");
 	/* the encoding token is lowercased; garbage means 7bit */
 	expect_bs("Content-Transfer-Encoding: QUOTED-Printable (x)\n\nx",
 		  "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"quoted-printable\" 1 1)");
@@ -576,7 +598,7 @@ static void test_content_fields(void **state)
 	expect_bs("Content-Description: a\rb\n\nx",
 		  "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL {3}\r\na\rb \"7bit\" 1 1)");
 	char *got = bs("Content-Disposition: INLINE; filename=\"a.txt\"\n"
-		       "Content-Language: (c) en-US , , fr\nContent-Location: x\n\nx", true);
+		       "Content-Language: (c) en-US junk, , fr\nContent-Location: x\n\nx", true);
 	expect_str("disposition", got,
 		   "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 1 1 NIL"
 		   " (\"inline\" (\"filename\" \"a.txt\")) (\"en-US\" \"fr\") \"x\")");
@@ -723,6 +745,26 @@ static void test_structure_edges(void **state)
 	assert_int_equal(mime_find_section(m, "99999999999", &p), -1);
 	assert_int_equal(mime_find_section(m, "", &p), 0);
 	assert_ptr_equal(p, mime_message_root(m));
+	assert_int_equal(mime_find_section(m, "1x", &p), -1);
+	assert_int_equal(mime_find_section(m, "1.", &p), -1);
+	assert_int_equal(mime_part_text_range(p, &r), 0);	/* the root */
+	assert_int_equal(mime_find_section(m, "1.1", &p), 0);
+	assert_int_equal(mime_part_text_range(p, &r), -1);
+	/* over-long section specs and tables without a final line break */
+	char spec[400];
+	for (size_t i = 0; i + 2 < sizeof(spec); i += 2)
+		memcpy(spec + i, "1.", 2);
+	spec[sizeof(spec) - 2] = '1';
+	spec[sizeof(spec) - 1] = '\0';
+	assert_int_equal(mime_section_range(m, spec, &r, &err), -1);
+	assert_int_equal(mime_sections_lookup("[1] 2 3", spec, &r), -1);
+	spec[250] = '\0';	/* fits the path, not the lookup key */
+	assert_int_equal(mime_sections_lookup("[1] 2 3", spec, &r), -1);
+	assert_int_equal(mime_sections_lookup("[1] 2 3", "1", &r), 0);
+	assert_int_equal(r.offset, 2);
+	assert_int_equal(r.size, 3);
+	assert_int_equal(mime_sections_lookup("[1] 2 3", "2", &r), -1);
+	assert_int_equal(mime_sections_lookup("", "", &r), -1);
 	assert_null(mime_message_part(m, 99));
 	mime_message_free(&m);
 }
