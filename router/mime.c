@@ -419,6 +419,7 @@ static void on_boundary(struct parser *ps, unsigned int lvl, bool close, size_t 
 	part_new(ps, mp, next);
 }
 
+/* count_lf - line feeds in the rest of the message, which is not scanned by line */
 static uint64_t count_lf(const uint8_t *p, size_t n)
 {
 	uint64_t count = 0;
@@ -500,6 +501,7 @@ int mime_parse(const uint8_t *msg, size_t len, const struct mime_limits *lim,
 	return 0;
 }
 
+/* part_free - one part and everything it owns (not its children) */
 static void part_free(struct mime_part *p)
 {
 	free(p->type);

@@ -189,6 +189,8 @@ static bool opaque_container(const struct mime_part *p)
 	       (strcmp(p->type, "message") == 0 && strcmp(p->subtype, "rfc822") == 0);
 }
 
+/* export_body - one body (RFC 3501 "body"): a multipart with its children,
+ * or a single part with, for message/rfc822, the envelope and body inside */
 static void export_body(struct mime_buf *b, const struct mime_part *p, bool ext, unsigned int max_addr)
 {
 	if (p->kind == MIME_PART_MULTIPART) {

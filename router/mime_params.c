@@ -277,6 +277,7 @@ static void finish_ext(struct mime_param *mp, struct mime_buf *octets, struct mi
 	mp->ext_value = mime_buf_steal(&e);
 }
 
+/* same_base - raw[a] and raw[b] name the same parameter */
 static bool same_base(const struct raw_param *raw, const struct attr_info *info, unsigned int a,
 		      unsigned int b)
 {

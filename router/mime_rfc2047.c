@@ -269,6 +269,7 @@ struct decoder {
 	char csname[MIME_CHARSET_NAME_MAX + 1];
 };
 
+/* dec_flush - convert the pending octets of encoded words to UTF-8 */
 static void dec_flush(struct decoder *d)
 {
 	if (d->pend.len > 0)

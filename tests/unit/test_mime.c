@@ -716,6 +716,16 @@ static void test_structure_edges(void **state)
 	/* a closed multipart ignores its boundary in the epilogue */
 	expect_bs("Content-Type: multipart/mixed; boundary=o\n\n--o\n\na\n--o--\n--o\n\nb\n",
 		  "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 1 1) \"mixed\")");
+	/* a header's blank line right before a boundary: its LF is the
+	 * boundary's, so the header stops before it; an encapsulated message
+	 * that would start after its container ends is empty at that end
+	 * (both found by fuzz_mime) */
+	expect_bs("Content-Type: multipart/digest; boundary=d\n\n--d\n\nSubject: x\n\n"
+		  "--d\nContent-Type: message/rfc822\n\n--d--\n",
+		  "((\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 11 (NIL \"x\" NIL NIL NIL NIL NIL NIL NIL NIL)"
+		  " (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0) 1)"
+		  "(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 0 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+		  " (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0) 0) \"digest\")");
 	/* bare CR line ends are not line ends; a CR alone before LF is */
 	expect_bs("Subject: x\r\r\n\r\nbody\r\n",
 		  "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 6 1)");
