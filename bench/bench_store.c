@@ -216,6 +216,7 @@ struct bench {
 
 static void put_start(struct bclient *c);
 
+/* put_on_message - the PutResponse must name a 64-char id of the right size */
 static void put_on_message(struct rpc_ccall *call, const uint8_t *msg, size_t len, void *arg)
 {
 	struct bclient *c = arg;
@@ -226,6 +227,7 @@ static void put_on_message(struct rpc_ccall *call, const uint8_t *msg, size_t le
 	}
 }
 
+/* put_on_done - record the latency, start the next put until time is up */
 static void put_on_done(struct rpc_ccall *call, enum rpc_status st, const char *message, void *arg)
 {
 	struct bclient *c = arg;

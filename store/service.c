@@ -181,6 +181,7 @@ static struct store_req *req_new(struct rpc_call *call, enum store_method method
 	return req;
 }
 
+/* req_free - the request is over: its duration, its resources, the worker hold */
 static void req_free(struct store_req *req)
 {
 	metric_observe(store_m.seconds[req->method], mono_now() - req->t0);
@@ -298,6 +299,7 @@ static bool put_begin(struct store_req *req, const char *expected_id, uint64_t s
 	return true;
 }
 
+/* put_on_message - one chunk: checked against the limits, appended to the temp file */
 static void put_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct store_req *req = req_get(call);
@@ -353,6 +355,7 @@ static void put_done(const struct blob_done *done, void *arg)
 	req_finish(req, RPC_OK, NULL);
 }
 
+/* put_on_half_close - the last chunk arrived: verify and queue the commit */
 static void put_on_half_close(struct rpc_call *call)
 {
 	struct store_req *req = req_get(call);
@@ -410,6 +413,7 @@ static void get_pump(struct store_req *req)
 	}
 }
 
+/* get_on_message - open a verified reader of the range and start streaming */
 static void get_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct store_req *req = req_get(call);
@@ -433,6 +437,7 @@ static void get_on_message(struct rpc_call *call, const uint8_t *msg, size_t len
 	mail__store__v1__get_request__free_unpacked(gr, NULL);
 }
 
+/* get_on_writable - the client took enough of the queue: stream on */
 static void get_on_writable(struct rpc_call *call)
 {
 	struct store_req *req = req_get(call);
@@ -447,6 +452,7 @@ static void stat_on_start(struct rpc_call *call)
 	req_new(call, STORE_STAT);
 }
 
+/* stat_on_message - exists and content size (not found is exists=false, not an error) */
 static void stat_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct store_req *req = req_get(call);
@@ -482,6 +488,7 @@ static void delete_on_start(struct rpc_call *call)
 	req_new(call, STORE_DELETE);
 }
 
+/* delete_done - the unlink is durable; runs on the worker's loop */
 static void delete_done(const struct blob_done *done, void *arg)
 {
 	struct store_req *req = arg;
@@ -501,6 +508,7 @@ static void delete_done(const struct blob_done *done, void *arg)
 	req_finish(req, RPC_OK, NULL);
 }
 
+/* delete_on_message - unlink now, answer once the directory is synced */
 static void delete_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct store_req *req = req_get(call);
@@ -530,6 +538,7 @@ static void list_on_start(struct rpc_call *call)
 	req_new(call, STORE_LIST);
 }
 
+/* list_on_message - one page of ids after `after`, ascending */
 static void list_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct store_req *req = req_get(call);
