@@ -30,6 +30,7 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/xalloc.h"
+#include <arpa/inet.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <sys/queue.h>
@@ -86,6 +87,7 @@ struct db_conn {
 	int n_inflight;
 	int backoff_ms;
 	int failures;		/* consecutive failed attempts */
+	int rotate;		/* attempts start at host (rotate % n_hosts) */
 	int64_t last_io_us;
 };
 
@@ -111,6 +113,10 @@ struct pool_stmt {
 struct db_pool {
 	struct event_base *base;
 	char *conninfo;
+	/* the conninfo parsed once (PQconnectStartParams); NULL if it did not parse */
+	char **kw, **val;
+	int host_opt, hostaddr_opt, port_opt;	/* indexes in kw, or -1 */
+	int n_hosts;
 	char *name;
 	struct db_pool_settings set;
 	struct pool_stmt *stmts;
@@ -155,6 +161,115 @@ static const char *one_line(const char *msg, char *buf, size_t size)
 	return buf;
 }
 
+/* list_count - elements of a comma-separated libpq list ("a,b" -> 2) */
+static int list_count(const char *list)
+{
+	int n = 1;
+	for (const char *p = list; *p != '\0'; p++)
+		n += *p == ',';
+	return n;
+}
+
+/* list_rotate - "a,b,c" rotated left by k ("b,c,a" for k = 1); caller frees */
+static char *list_rotate(const char *list, int k)
+{
+	int n = list_count(list);
+	size_t len = strlen(list);
+	const char *p = list;
+	k %= n;
+	for (int i = 0; i < k; i++)
+		p = strchr(p, ',') + 1;
+	char *out = xmalloc(len + 2);
+	size_t tail = len - (size_t)(p - list);
+	memcpy(out, p, tail);
+	if (k > 0) {
+		out[tail] = ',';
+		memcpy(out + tail + 1, list, (size_t)(p - list) - 1);
+		out[len] = '\0';
+	} else {
+		out[tail] = '\0';
+	}
+	return out;
+}
+
+/* pool_parse_conninfo - parse once; remember where the host lists are */
+static void pool_parse_conninfo(struct db_pool *p)
+{
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(p->conninfo, &err);
+	p->host_opt = p->hostaddr_opt = p->port_opt = -1;
+	if (opts == NULL) {
+		char buf[300], q[360];
+		one_line(err != NULL ? err : "out of memory", buf, sizeof(buf));
+		log_error("db conninfo does not parse", "pool=%s error=%s", p->name,
+			  log_quote(q, sizeof(q), buf, strlen(buf)));
+		PQfreemem(err);
+		return;
+	}
+	size_t n = 0;
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+		n += o->val != NULL;
+	p->kw = xcalloc(n + 1, sizeof(char *));
+	p->val = xcalloc(n + 1, sizeof(char *));
+	n = 0;
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+		if (o->val == NULL)
+			continue;
+		if (strcmp(o->keyword, "host") == 0)
+			p->host_opt = (int)n;
+		else if (strcmp(o->keyword, "hostaddr") == 0)
+			p->hostaddr_opt = (int)n;
+		else if (strcmp(o->keyword, "port") == 0)
+			p->port_opt = (int)n;
+		p->kw[n] = xstrdup(o->keyword);
+		p->val[n] = xstrdup(o->val);
+		n++;
+	}
+	PQconninfoFree(opts);
+	int lead = p->host_opt >= 0 ? p->host_opt : p->hostaddr_opt;
+	p->n_hosts = lead >= 0 ? list_count(p->val[lead]) : 1;
+	if (p->host_opt >= 0 && p->hostaddr_opt < 0) {
+		/* PQconnectStart resolves host names synchronously, on the loop thread */
+		char *copy = xstrdup(p->val[p->host_opt]), *save = NULL;
+		for (char *h = strtok_r(copy, ",", &save); h != NULL; h = strtok_r(NULL, ",", &save)) {
+			unsigned char addr[16];
+			if (h[0] != '/' && h[0] != '@' && inet_pton(AF_INET, h, addr) != 1 &&
+			    inet_pton(AF_INET6, h, addr) != 1) {
+				log_info("db host name resolved synchronously on connect", "pool=%s host=%s "
+					 "hint=\"use hostaddr= or a socket path to keep the loop non-blocking\"",
+					 p->name, h);
+				break;
+			}
+		}
+		free(copy);
+	}
+}
+
+/* pool_connect_start - PQconnectStartParams with the host lists rotated by k */
+static PGconn *pool_connect_start(struct db_pool *p, int k)
+{
+	if (p->kw == NULL)
+		return PQconnectStart(p->conninfo);
+	char *saved[3] = { NULL, NULL, NULL };
+	int idx[3] = { p->host_opt, p->hostaddr_opt, p->port_opt };
+	if (p->n_hosts > 1 && k % p->n_hosts != 0) {
+		for (int i = 0; i < 3; i++) {
+			if (idx[i] < 0 || list_count(p->val[idx[i]]) != p->n_hosts)
+				continue;	/* a single port applies to every host */
+			saved[i] = p->val[idx[i]];
+			p->val[idx[i]] = list_rotate(saved[i], k);
+		}
+	}
+	PGconn *pg = PQconnectStartParams((const char *const *)p->kw, (const char *const *)p->val, 0);
+	for (int i = 0; i < 3; i++) {
+		if (saved[i] != NULL) {
+			free(p->val[idx[i]]);
+			p->val[idx[i]] = saved[i];
+		}
+	}
+	return pg;
+}
+
 /* conn_label - "0", "1", ... or "listen", for log lines */
 static const char *conn_label(const struct db_conn *c, char *buf, size_t size)
 {
@@ -172,6 +287,21 @@ static void db_notice(void *arg, const char *message)
 	one_line(message, buf, sizeof(buf));
 	log_debug("db notice", "pool=%s conn=%s msg=%s", c->pool->name, conn_label(c, l, sizeof(l)),
 		  log_quote(q, sizeof(q), buf, strlen(buf)));
+}
+
+int db_conninfo_check(const char *conninfo, const char **error_r)
+{
+	static __thread char buf[300];
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+	if (opts == NULL) {
+		one_line(err != NULL ? err : "out of memory", buf, sizeof(buf));
+		PQfreemem(err);
+		*error_r = buf;
+		return -1;
+	}
+	PQconninfoFree(opts);
+	return 0;
 }
 
 /* pool_kick - schedule the dispatch event (idempotent) */
@@ -894,11 +1024,18 @@ static void conn_connect_step(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* conn_connect_timeout - one attempt took too long (libpq's connect_timeout only
- * applies to its blocking calls) */
+/* conn_connect_timeout - one attempt took too long. libpq ignores connect_timeout
+ * with PQconnectPoll, so a host that never answers (a dead node's black-holed TCP,
+ * a hung server) would stall every attempt before libpq reaches the next host of a
+ * multi-host string: the next attempt starts at the following host instead. */
 static void conn_connect_timeout(evutil_socket_t fd, short what, void *arg)
 {
-	conn_lost(arg, "connect timed out");
+	struct db_conn *c = arg;
+	char buf[200];
+	const char *host = c->pg != NULL && PQhost(c->pg) != NULL ? PQhost(c->pg) : "";
+	snprintf(buf, sizeof(buf), "connect timed out (host %s)", host);
+	c->rotate++;
+	conn_lost(c, buf);
 }
 
 /* conn_connect - start a connection attempt (also the reconnect timer's callback) */
@@ -908,7 +1045,7 @@ static void conn_connect(struct db_conn *c)
 	char buf[400];
 	if (c->state != CONN_DOWN)
 		return;
-	c->pg = PQconnectStart(p->conninfo);
+	c->pg = pool_connect_start(p, c->rotate);
 	if (c->pg == NULL)
 		log_panic("out of memory", "what=%s", "PQconnectStart");
 	PQsetNoticeProcessor(c->pg, db_notice, c);
@@ -1067,6 +1204,7 @@ struct db_pool *db_pool_new(struct event_base *base, const char *conninfo,
 	s.name = p->name;
 	p->set = s;
 	p->seed = (unsigned int)now_us() ^ (unsigned int)(uintptr_t)p;
+	pool_parse_conninfo(p);
 	TAILQ_INIT(&p->waitq);
 	TAILQ_INIT(&p->doneq);
 	TAILQ_INIT(&p->listeners);
@@ -1155,6 +1293,12 @@ void db_pool_free(struct db_pool **pp)
 	free(p->stmts);
 	event_free(p->dispatch);
 	event_free(p->tick);
+	for (size_t i = 0; p->kw != NULL && p->kw[i] != NULL; i++) {
+		free(p->kw[i]);
+		free(p->val[i]);
+	}
+	free(p->kw);
+	free(p->val);
 	free(p->conninfo);
 	free(p->name);
 	free(p);

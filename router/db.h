@@ -26,8 +26,11 @@
  * jittered). Requests wait in a bounded queue while no connection is ready (past
  * max_queue they fail at once) until their timeout. Multi-host conninfo
  * ("host=/a,/b port=5432,5433 target_session_attrs=read-write") is handled by
- * libpq; the pool follows the socket libpq changes while it tries each host and
- * logs which host it got (and whether it is a hot standby).
+ * libpq; the pool follows the socket libpq changes while it tries each host, starts
+ * the next attempt at the following host when one attempt times out (libpq has no
+ * per-host timeout in asynchronous mode, so a host that never answers would
+ * otherwise hide the others), and logs which host it got (and whether it is a hot
+ * standby).
  *
  * LISTEN/NOTIFY runs on a dedicated connection of the pool, opened by the first
  * db_listen(); after it reconnects it LISTENs again and tells every subscriber to
@@ -101,6 +104,9 @@ typedef void db_cb(const struct db_result *r, void *arg);
 struct db_pool *db_pool_new(struct event_base *base, const char *conninfo,
 			    const struct db_pool_settings *settings,
 			    const struct db_stmt *stmts, size_t n_stmts);
+/* db_conninfo_check - does conninfo parse (for --check-config)? 0 / -1 with
+ * *error_r (valid until the next call from this thread) */
+int db_conninfo_check(const char *conninfo, const char **error_r);
 /* db_pool_free - closes everything; pending requests are dropped without callbacks,
  * subscribers are not called. Not from inside a db callback. */
 void db_pool_free(struct db_pool **pp);

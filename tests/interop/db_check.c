@@ -16,12 +16,15 @@
  *                       acknowledged row exists and no false success was reported
  *   deliver A1 A2 N     N concurrent mail_deliver calls to accounts A1 and A2 over 8
  *                       connections: consecutive UIDs, increasing MODSEQs; token retry
+ *   blackhole           CONNINFO's first host accepts and never answers: the pool
+ *                       must time the attempt out and reach the second host
  *   migrate             migrate_run (run twice at once by the test)
  *   migrate_newer       migrate_run must refuse a database newer than the binary
  * Prints "ok ..." / "FAIL ..." per check, "STAT k=v" figures, "READY x" where the
  * test must act; exits 0 only when every check passed. */
 #include "lib/common.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/xalloc.h"
 #include "router/db.h"
 #include "router/migrate.h"
@@ -309,6 +312,10 @@ static void scenario_errors(void)
 	for (int i = 0; i < 100; i++)
 		PQclear(ctx.w[i].res);
 
+	struct metric *m_err = metric_counter("db_errors_total", "x");
+	struct metric *m_q = metric_counter("db_queries_total", "x");
+	check(metric_value(m_err) >= 2 && metric_value(m_q) >= 101, "errors",
+	      "metrics: db_queries_total %.0f, db_errors_total %.0f", metric_value(m_q), metric_value(m_err));
 	w = sync_sql(p, "SELEC 1", 0, NULL, 10000);
 	check(w.st == DB_SQL_ERROR && strcmp(w.sqlstate, "42601") == 0, "errors", "syntax error: %s %s",
 	      status_name(w.st), w.sqlstate);
@@ -881,6 +888,32 @@ static void scenario_deliver(long long a1, long long a2, int n)
 	db_pool_free(&p);
 }
 
+/* ------------------------------------------------------------------ blackhole */
+
+static void scenario_blackhole(void)
+{
+	const char *err = NULL;
+	check(db_conninfo_check(conninfo, &err) == 0, "blackhole", "conninfo parses");
+	int bad = db_conninfo_check("host=/x bogus_option=1", &err);
+	check(bad == -1 && strstr(err, "bogus_option") != NULL, "blackhole", "a bad conninfo is refused: %s",
+	      err != NULL ? err : "");
+	struct db_pool_settings set = { .name = "bh", .size = 1, .connect_timeout_ms = 700, .timeout_ms = 10000 };
+	struct db_pool *p = db_pool_new(base, conninfo, &set, NULL, 0);
+	struct waiter w = sync_sql(p, "SELECT inet_server_port() IS NULL, current_setting('port')", 0, NULL, 10000);
+	check(w.st == DB_OK && w.seconds >= 0.6 && w.seconds < 5.0, "blackhole",
+	      "answered by the second host after the first attempt timed out (%s, %.2f s, port %s)",
+	      status_name(w.st), w.seconds, w.res != NULL ? PQgetvalue(w.res, 0, 1) : w.msg);
+	printf("STAT port=%s\n", w.res != NULL ? PQgetvalue(w.res, 0, 1) : "");
+	PQclear(w.res);
+	struct db_pool_stats st;
+	db_pool_stats(p, &st);
+	double gauge = metric_value(metric_gauge("db_connections", "database query connections ready"));
+	check(st.connections_ready == 1 && gauge == 1, "blackhole", "one connection ready (gauge %.0f)", gauge);
+	db_pool_free(&p);
+	gauge = metric_value(metric_gauge("db_connections", "database query connections ready"));
+	check(gauge == 0, "blackhole", "db_connections gauge back to 0 after free (%.0f)", gauge);
+}
+
 /* ------------------------------------------------------------------ migrate */
 
 static void scenario_migrate(void)
@@ -933,6 +966,8 @@ int main(int argc, char **argv)
 		scenario_outage(atoi(argv[3]));
 	else if (strcmp(sc, "deliver") == 0 && argc > 5)
 		scenario_deliver(atoll(argv[3]), atoll(argv[4]), atoi(argv[5]));
+	else if (strcmp(sc, "blackhole") == 0)
+		scenario_blackhole();
 	else if (strcmp(sc, "migrate") == 0)
 		scenario_migrate();
 	else if (strcmp(sc, "migrate_newer") == 0)

@@ -189,6 +189,37 @@ def test_connected_log_names_host(pg, plain_db):
     assert 'host="%s"' % pg.sock_dir() in line and "in_hot_standby=off" in line, line
 
 
+def test_multihost_skips_a_host_that_never_answers(pg, plain_db):
+    """libpq has no per-host timeout in async mode: the pool must rotate hosts."""
+    import socket
+    import threading
+    bh_dir = os.path.join(pg.dir, "bh")
+    os.makedirs(bh_dir)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(os.path.join(bh_dir, ".s.PGSQL.%d" % pg.port))
+    srv.listen(16)
+    held = []
+
+    def hold():
+        while True:
+            try:
+                held.append(srv.accept()[0])   # accept, never answer
+            except OSError:
+                return
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    try:
+        ci = "host=%s,%s port=%d,%d dbname=%s user=postgres" % (bh_dir, pg.sock_dir(), pg.port, pg.port,
+                                                                plain_db)
+        out, err = db_check(ci, "blackhole")
+        assert stats(out)["port"] == str(pg.port)
+        assert "connect timed out" in err and held, err
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+
+
 # ---------------------------------------------------------------- migrations
 
 def test_migrate_concurrent_and_idempotent(pg, plain_db):
