@@ -38,6 +38,7 @@
 
 #define DB_TICK_MS 50			/* timeout resolution */
 #define DB_PING_IDLE_US (30 * 1000000LL) /* idle READY connection: send a ping */
+#define DB_SLOW_HEAD_US (200 * 1000LL)	/* a connection busy this long is avoided */
 
 enum req_kind { REQ_QUERY, REQ_PREPARE, REQ_LISTEN, REQ_UNLISTEN, REQ_PING };
 enum req_state { REQ_QUEUED, REQ_SENT, REQ_DONE };
@@ -289,6 +290,7 @@ static void db_notice(void *arg, const char *message)
 		  log_quote(q, sizeof(q), buf, strlen(buf)));
 }
 
+/* db_conninfo_check - PQconninfoParse as a validator */
 int db_conninfo_check(const char *conninfo, const char **error_r)
 {
 	static __thread char buf[300];
@@ -358,6 +360,7 @@ static void req_copy_params(struct db_request *r, int nparams, const char *const
 	r->nparams = nparams;
 }
 
+/* req_free - a request and everything it owns (its held result included) */
 static void req_free(struct db_request *r)
 {
 	PQclear(r->res);
@@ -424,6 +427,7 @@ static void pool_enqueue(struct db_pool *p, struct db_request *r)
 	pool_kick(p);
 }
 
+/* pool_stmt_find - index of a registered statement, or -1 */
 static int pool_stmt_find(const struct db_pool *p, const char *name)
 {
 	for (size_t i = 0; i < p->n_stmts; i++)
@@ -432,6 +436,7 @@ static int pool_stmt_find(const struct db_pool *p, const char *name)
 	return -1;
 }
 
+/* db_exec - queue a prepared statement's execution (sent by the dispatch event) */
 struct db_request *db_exec(struct db_pool *p, const char *stmt_name, int nparams,
 			   const char *const *values, const int *lengths, const int *formats,
 			   int result_format, db_cb *cb, void *arg)
@@ -452,6 +457,7 @@ struct db_request *db_exec(struct db_pool *p, const char *stmt_name, int nparams
 	return r;
 }
 
+/* db_exec_sql - queue one SQL text statement (sent by the dispatch event) */
 struct db_request *db_exec_sql(struct db_pool *p, const char *sql, int nparams,
 			       const char *const *values, const int *lengths, const int *formats,
 			       int result_format, db_cb *cb, void *arg)
@@ -471,6 +477,7 @@ void db_request_set_timeout(struct db_request *r, int timeout_ms)
 	r->deadline_us = r->start_us + (int64_t)timeout_ms * 1000;
 }
 
+/* db_request_cancel - forget a request: free it unless its answer is still due */
 void db_request_cancel(struct db_request **rp)
 {
 	struct db_request *r = *rp;
@@ -493,6 +500,7 @@ void db_request_cancel(struct db_request **rp)
 	}
 }
 
+/* db_result_retryable - safe to run again whatever happened? */
 bool db_result_retryable(const struct db_result *r)
 {
 	if (r->status == DB_UNAVAILABLE)
@@ -549,6 +557,7 @@ static void listen_lost(struct db_pool *p)
 	}
 }
 
+/* db_listen - add a subscriber; the dispatch event sends the LISTEN */
 struct db_listener *db_listen(struct db_pool *p, const char *channel, db_listen_cb *cb, void *arg)
 {
 	struct db_listener *l = XNEW(struct db_listener);
@@ -561,6 +570,7 @@ struct db_listener *db_listen(struct db_pool *p, const char *channel, db_listen_
 	return l;
 }
 
+/* db_unlisten - mark dead; the dispatch event frees it and UNLISTENs if last */
 void db_unlisten(struct db_listener **lp)
 {
 	struct db_listener *l = *lp;
@@ -669,25 +679,28 @@ static bool conn_flush(struct db_conn *c)
 	return true;
 }
 
-/* pool_pick - the ready query connection with the fewest requests in flight;
- * never one whose oldest request is overdue (new work would wait behind it) */
+/* pool_pick - a ready query connection for one more request. A pipeline is FIFO:
+ * work sent behind a slow statement waits for it, so connections whose oldest
+ * request has been out for long (DB_SLOW_HEAD_US) come last, and one whose oldest
+ * request is overdue is never used; otherwise the fewest requests in flight wins. */
 static struct db_conn *pool_pick(struct db_pool *p)
 {
 	struct db_conn *best = NULL;
-	int64_t now = -1;
+	bool best_slow = true;
+	int64_t now = now_us();
 	for (int i = 0; i < p->n_conns; i++) {
 		struct db_conn *c = p->conns[i];
 		if (c->state != CONN_READY || c->n_inflight >= p->set.max_pipeline)
 			continue;
 		struct db_request *head = TAILQ_FIRST(&c->inflight);
-		if (head != NULL) {
-			if (now < 0)
-				now = now_us();
-			if (head->deadline_us <= now)
-				continue;
-		}
-		if (best == NULL || c->n_inflight < best->n_inflight)
+		if (head != NULL && head->deadline_us <= now)
+			continue;
+		bool slow = head != NULL && now - head->sent_us > DB_SLOW_HEAD_US;
+		if (best == NULL || (best_slow && !slow) ||
+		    (slow == best_slow && c->n_inflight < best->n_inflight)) {
 			best = c;
+			best_slow = slow;
+		}
 	}
 	return best;
 }
@@ -1005,6 +1018,7 @@ static void conn_wait(struct db_conn *c, PostgresPollingStatusType st)
 	event_add(c->io, NULL);
 }
 
+/* conn_connect_step - the socket is ready: one more PQconnectPoll step */
 static void conn_connect_step(evutil_socket_t fd, short what, void *arg)
 {
 	struct db_conn *c = arg;
@@ -1259,6 +1273,7 @@ static void conn_free(struct db_conn *c)
 	free(c);
 }
 
+/* db_pool_free - close every connection; requests and subscribers go silently */
 void db_pool_free(struct db_pool **pp)
 {
 	struct db_pool *p = *pp;
@@ -1304,6 +1319,7 @@ void db_pool_free(struct db_pool **pp)
 	free(p);
 }
 
+/* db_pool_stats - a snapshot of the pool's connections and queues */
 void db_pool_stats(const struct db_pool *p, struct db_pool_stats *st)
 {
 	memset(st, 0, sizeof(*st));

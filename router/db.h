@@ -9,6 +9,8 @@
  * must be atomic across several statements is an SQL function (router/migrations)
  * called as one statement: one round trip per operation. Requests are pipelined:
  * many in flight per connection (libpq pipeline mode), results matched in order.
+ * A pipeline is FIFO, so long-running statements (housekeeping, GC scans) belong
+ * on a pool of their own, with a longer timeout.
  *
  * Outcome. The callback gets exactly one of
  *   DB_OK           committed; res holds the rows;
@@ -87,7 +89,8 @@ struct db_result {
 	enum db_status status;
 	/* DB_UNAVAILABLE: the statement had reached the server when the answer was lost */
 	bool may_have_executed;
-	const char *sqlstate;	/* DB_SQL_ERROR: five characters; "" otherwise */
+	const char *sqlstate;	/* DB_SQL_ERROR: five characters; DB_UNAVAILABLE: the
+				 * server's code if it sent one (57P01...); else "" */
 	const char *message;	/* DB_SQL_ERROR: the server's message; DB_UNAVAILABLE: why */
 	/* DB_OK (rows, PQcmdTuples) and DB_SQL_ERROR (PQresultErrorField): borrowed for
 	 * the callback's duration; NULL for DB_UNAVAILABLE */

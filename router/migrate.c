@@ -54,6 +54,7 @@ static void migrate_notice(void *arg, const char *message)
 	log_debug("db notice", "msg=%s", log_quote(q, sizeof(q), buf, strlen(buf)));
 }
 
+/* migrate_latest - the highest version embedded in this binary */
 int migrate_latest(void)
 {
 	int v = 0;
@@ -237,6 +238,7 @@ out:
 	return ret;
 }
 
+/* migrate_run - connect, lock, bring the schema up to date, unlock */
 int migrate_run(const char *conninfo, const char **error_r)
 {
 	char lock_sql[96], unlock_sql[96], buf[64];
@@ -279,6 +281,7 @@ int migrate_run(const char *conninfo, const char **error_r)
 	return ret;
 }
 
+/* migrate_db_version - max(version) of schema_migrations, 0 if none */
 int migrate_db_version(const char *conninfo, int *version_r, const char **error_r)
 {
 	PGresult *res;

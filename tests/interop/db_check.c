@@ -89,6 +89,7 @@ struct waiter {
 	double seconds;
 };
 
+/* waiter_cb - record one answer (with a copy of its rows) */
 static void waiter_cb(const struct db_result *r, void *arg)
 {
 	struct waiter *w = arg;
@@ -150,8 +151,10 @@ struct pl_item {
 	int id;
 };
 
+/* pl_submit - one insert of the pipeline test */
 static void pl_submit(struct pl_ctx *ctx, struct pl_item *it);
 
+/* pl_cb - one insert answered: its own id back, in order; next if sequential */
 static void pl_cb(const struct db_result *r, void *arg)
 {
 	struct pl_item *it = arg;
@@ -206,6 +209,7 @@ static int64_t pl_run(struct db_pool *p, const char *stmt, int first, int n, boo
 	return ms;
 }
 
+/* scenario_pipeline - 2,000 inserts sequential vs pipelined, results checked */
 static void scenario_pipeline(void)
 {
 	static const struct db_stmt stmts[] = {
@@ -258,6 +262,7 @@ struct err_item {
 	int i;
 };
 
+/* err_cb - one answer of the error-isolation batch */
 static void err_cb(const struct db_result *r, void *arg)
 {
 	struct err_item *it = arg;
@@ -266,6 +271,7 @@ static void err_cb(const struct db_result *r, void *arg)
 		it->ctx->finished = true;
 }
 
+/* scenario_errors - failing statements inside a pipeline fail alone */
 static void scenario_errors(void)
 {
 	static const struct db_stmt stmts[] = {
@@ -333,6 +339,7 @@ static void scenario_errors(void)
 
 /* ------------------------------------------------------------------ prepared */
 
+/* scenario_prepared - prepared statements, binary formats, NULL, failed prepare */
 static void scenario_prepared(void)
 {
 	static const struct db_stmt stmts[] = {
@@ -402,6 +409,7 @@ struct nt_sub {
 	char last[64];
 };
 
+/* nt_cb - a subscriber's events: count them, check payload order */
 static void nt_cb(const struct db_notification *n, void *arg)
 {
 	struct nt_sub *s = arg;
@@ -419,6 +427,7 @@ static void nt_cb(const struct db_notification *n, void *arg)
 	}
 }
 
+/* scenario_notify - LISTEN/NOTIFY with two subscribers on a channel */
 static void scenario_notify(void)
 {
 	struct db_pool_settings set = { .name = "nt", .size = 1 };
@@ -485,6 +494,7 @@ struct cc_item {
 	int i;
 };
 
+/* cc_cb - count callbacks; the first one cancels the sent half */
 static void cc_cb(const struct db_result *r, void *arg)
 {
 	struct cc_item *it = arg;
@@ -509,6 +519,7 @@ static void count_cb(const struct db_result *r, void *arg)
 	free_calls++;
 }
 
+/* scenario_cancel - cancelled requests stay silent; free drops the rest */
 static void scenario_cancel(void)
 {
 	struct db_pool_settings set = { .name = "cc", .size = 1, .max_pipeline = 512 };
@@ -567,6 +578,7 @@ static void scenario_cancel(void)
 
 /* ------------------------------------------------------------------ timeouts */
 
+/* scenario_timeouts - deadlines, stuck connections, no server, full queue */
 static void scenario_timeouts(void)
 {
 	struct db_pool_settings set = { .name = "to", .size = 1, .timeout_ms = 300 };
@@ -584,6 +596,31 @@ static void scenario_timeouts(void)
 	      "the next request is not queued behind the stuck one: the connection is replaced "
 	      "and it succeeds (%s %s, %.2f s)", status_name(w2.st), w2.msg, w2.seconds);
 	PQclear(w2.res);
+	db_pool_free(&p);
+
+	/* quick requests are not queued behind a slow statement when a free connection exists */
+	struct db_pool_settings two = { .name = "two", .size = 2, .timeout_ms = 5000 };
+	p = db_pool_new(base, conninfo, &two, NULL, 0);
+	check(wait_ready(p, 2, 10000), "timeouts", "two connections");
+	struct waiter slow = { 0 }, quick[5];
+	memset(quick, 0, sizeof(quick));
+	db_exec_sql(p, "SELECT pg_sleep(1.5)", 0, NULL, NULL, NULL, 0, waiter_cb, &slow);
+	run_for(300);
+	for (int i = 0; i < 5; i++) {
+		db_exec_sql(p, "SELECT 1", 0, NULL, NULL, NULL, 0, waiter_cb, &quick[i]);
+		run_for(20);
+	}
+	double worst = 0;
+	for (int i = 0; i < 5; i++) {
+		run_until(&quick[i].done, 5000);
+		worst = MAIL_MAX(worst, quick[i].seconds);
+		PQclear(quick[i].res);
+	}
+	check(!slow.done && worst < 0.5, "timeouts",
+	      "quick requests went to the free connection, not behind the slow one (worst %.3f s)", worst);
+	run_until(&slow.done, 5000);
+	check(slow.st == DB_OK, "timeouts", "the slow statement completes (%s)", status_name(slow.st));
+	PQclear(slow.res);
 	db_pool_free(&p);
 
 	/* nothing to connect to: waiting requests time out, never succeed */
@@ -638,6 +675,7 @@ struct out_ctx {
 };
 static struct out_ctx out;
 
+/* out_cb - outcome of one insert of the outage run */
 static void out_cb(const struct db_result *r, void *arg)
 {
 	int i = (int)(intptr_t)arg;
@@ -658,6 +696,7 @@ static void out_cb(const struct db_result *r, void *arg)
 		out.unav_not++;
 }
 
+/* scenario_outage - steady inserts through a restart or failover, then audit */
 static void scenario_outage(int seconds)
 {
 	static const struct db_stmt stmts[] = {
@@ -765,6 +804,7 @@ struct dv_res {
 static struct dv_res dv[DV_MAX];
 static int dv_done;
 
+/* dv_cb - rows of one mail_deliver call */
 static void dv_cb(const struct db_result *r, void *arg)
 {
 	struct dv_res *d = arg;
@@ -783,6 +823,7 @@ static void dv_cb(const struct db_result *r, void *arg)
 	}
 }
 
+/* dv_submit - one mail_deliver of a distinct blob */
 static void dv_submit(struct db_pool *p, const char *accounts, int i, const char *token, struct dv_res *d)
 {
 	char blob[65], meta[256], text[64];
@@ -806,6 +847,7 @@ static int dv_cmp(const void *a, const void *b)
 	return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
+/* scenario_deliver - concurrent deliveries: UIDs, MODSEQs, token retry */
 static void scenario_deliver(long long a1, long long a2, int n)
 {
 	static const struct db_stmt stmts[] = {
@@ -890,6 +932,7 @@ static void scenario_deliver(long long a1, long long a2, int n)
 
 /* ------------------------------------------------------------------ blackhole */
 
+/* scenario_blackhole - a first host that never answers is skipped */
 static void scenario_blackhole(void)
 {
 	const char *err = NULL;
@@ -916,6 +959,7 @@ static void scenario_blackhole(void)
 
 /* ------------------------------------------------------------------ migrate */
 
+/* scenario_migrate - migrate_run and the resulting version */
 static void scenario_migrate(void)
 {
 	const char *err = NULL;
@@ -930,6 +974,7 @@ static void scenario_migrate(void)
 	printf("STAT version_before=%d version_after=%d\n", before, after);
 }
 
+/* scenario_migrate_newer - the runner must refuse a newer schema */
 static void scenario_migrate_newer(void)
 {
 	const char *err = NULL;

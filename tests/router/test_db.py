@@ -534,9 +534,14 @@ def test_lookup_lock_throttle_queue(pg, sql):
          "-U", "postgres", "-d", sql.db],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     holder.stdin.write(b"BEGIN;\nSELECT id FROM mail_queue_claim('router-a', 2, 60);\n"
-                       b"SELECT pg_sleep(1.5);\nCOMMIT;\n")
+                       b"SELECT pg_sleep(2);\nCOMMIT;\n")
     holder.stdin.close()
-    time.sleep(0.7)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:   # router-a holds its claim (uncommitted) while it sleeps
+        if sql.one("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                   "AND query = 'SELECT pg_sleep(2);'") == "1":
+            break
+        time.sleep(0.02)
     b_ids = [r[0] for r in sql.rows("SELECT id FROM mail_queue_claim('router-b', 10, 60)")]
     a_out = holder.stdout.read()
     holder.wait(timeout=30)
