@@ -97,8 +97,12 @@ class PgCluster:
 
     def start(self):
         """initdb + start the primary (and the standby if asked); returns self."""
-        os.makedirs(self.base_dir, exist_ok=True)
+        self._make_base(self.base_dir)
         self.dir = tempfile.mkdtemp(prefix="pg", dir=self.base_dir)
+        longest = os.path.join(self.dir, "ss", ".s.PGSQL.%d" % self.standby_port)
+        if len(longest) > 100:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise PgError("socket path too long for a Unix socket (%d bytes): %s" % (len(longest), longest))
         os.chmod(self.dir, 0o700)
         self._chown(self.dir)
         _live.add(self)
@@ -131,6 +135,29 @@ class PgCluster:
             self.cleanup()
             raise
         return self
+
+    @staticmethod
+    def _make_base(path):
+        """Create the base dir and missing parents, traversable by postgres whatever the umask."""
+        path = os.path.abspath(path)
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for d in reversed(missing):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+
+    def postmaster_pids(self):
+        """The pids of the running postmasters (from postmaster.pid)."""
+        pids = []
+        for which in ("primary", "standby"):
+            try:
+                with open(os.path.join(self.data_dir(which), "postmaster.pid")) as f:
+                    pids.append(int(f.readline().strip()))
+            except (OSError, ValueError, TypeError):
+                pass
+        return pids
 
     def _append_conf(self, which, lines):
         path = os.path.join(self.data_dir(which), "postgresql.conf")

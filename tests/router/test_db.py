@@ -148,6 +148,33 @@ def plain_db(pg):
     return pg.create_database("p%d" % _n[0])
 
 
+# ---------------------------------------------------------------- the harness
+
+def test_pgcluster_new_base_dir_and_cleanup():
+    """PgCluster under a base directory that does not exist yet, with a tight umask;
+    cleanup kills the servers and removes everything."""
+    base = "/tmp/pgc-%d/a/b" % os.getpid()
+    old = os.umask(0o077)
+    try:
+        c = PgCluster(base_dir=base).start()
+    finally:
+        os.umask(old)
+    try:
+        assert c.psql("SELECT current_setting('listen_addresses') = '' AND current_setting('fsync') = 'off'") \
+            == "t\n"
+        pids = c.postmaster_pids()
+        assert len(pids) == 1 and os.path.exists("/proc/%d" % pids[0])
+        d = c.dir
+    finally:
+        c.cleanup()
+    assert not os.path.exists(d)
+    time.sleep(0.2)
+    assert not os.path.exists("/proc/%d/status" % pids[0]) or \
+        "zombie" in open("/proc/%d/status" % pids[0]).read()
+    import shutil
+    shutil.rmtree("/tmp/pgc-%d" % os.getpid(), ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the pool
 
 def test_pipelined_inserts_faster_and_in_order(pg, plain_db):
@@ -591,7 +618,7 @@ def test_restart_under_load_no_false_success():
             time.sleep(1.5)                      # down for a while: requests queue, some time out
             pg.start_server("primary")
 
-        st, err = _outage_run(pg.conninfo("o"), 6, act)
+        st, err = _outage_run(pg.conninfo("o"), 5, act)
         assert int(st["unavailable_not_executed"]) + int(st["unavailable_maybe"]) > 0 or \
             float(st["max_ok_wait_s"]) > 0.3
         assert int(pg.psql("SELECT count(*) FROM acks", db="o")) >= int(st["ok"])
@@ -615,7 +642,7 @@ def test_failover_to_promoted_standby():
             time.sleep(0.5)
             pg.promote()
 
-        st, err = _outage_run(pg.multi_conninfo("f"), 8, act)
+        st, err = _outage_run(pg.multi_conninfo("f"), 6, act)
         # every acknowledged insert is on the promoted server (checked by db_check too)
         n = int(pg.psql("SELECT count(*) FROM acks", db="f", which="standby"))
         assert n >= int(st["ok"]) > 0
