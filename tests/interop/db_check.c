@@ -397,6 +397,26 @@ static void scenario_prepared(void)
 		PQclear(ws[i].res);
 	}
 	check(ok == 20, "prepared", "20 pipelined calls on 2 connections: %d ok", ok);
+
+	/* 8 MiB of parameters at once: libpq cannot write it in one go (PQflush says 1,
+	 * the pool waits for the socket to be writable) */
+	enum { BIG = 256 * 1024, NBIG = 32 };
+	char *big = xmalloc(BIG + 1);
+	memset(big, 'x', BIG);
+	big[BIG] = '\0';
+	struct waiter wb[NBIG];
+	memset(wb, 0, sizeof(wb));
+	const char *bv[1] = { big };
+	for (int i = 0; i < NBIG; i++)
+		db_exec_sql(p, "SELECT length($1::text)", 1, bv, NULL, NULL, 0, waiter_cb, &wb[i]);
+	free(big);	/* copied by db_exec_sql */
+	ok = 0;
+	for (int i = 0; i < NBIG; i++) {
+		run_until(&wb[i].done, 20000);
+		ok += wb[i].st == DB_OK && wb[i].res != NULL && atoi(PQgetvalue(wb[i].res, 0, 0)) == BIG;
+		PQclear(wb[i].res);
+	}
+	check(ok == NBIG, "prepared", "%d requests with 256 KiB parameters (8 MiB pipelined): %d ok", NBIG, ok);
 	db_pool_free(&p);
 }
 
