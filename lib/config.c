@@ -461,15 +461,16 @@ enum config_result config_load(const char *service, const char *summary,
 		config_free(cfg_r);
 		return CONFIG_EXIT_OK;
 	}
-	if (check) {
-		printf("%s: configuration OK\n", service);
-		config_free(cfg_r);
-		return CONFIG_EXIT_OK;
-	}
 	enum log_level lv = LOG_LEVEL_INFO;
 	(void)log_level_parse(config_str(*cfg_r, "log_level"), &lv);
 	log_init(service, lv);
-	return CONFIG_RUN;
+	return check ? CONFIG_CHECK : CONFIG_RUN;
+}
+
+void config_check_ok(const char *service)
+{
+	printf("%s: configuration OK\n", service);
+	exit(0);
 }
 
 static const struct config_value *get(const struct config *cfg, const char *name,

@@ -34,7 +34,10 @@ extern const struct cfg_def config_common_defs[];
 
 struct config;
 
-enum config_result { CONFIG_RUN, CONFIG_EXIT_OK, CONFIG_EXIT_FAIL };
+/* CONFIG_CHECK: --check-config was given and the keys parsed; the daemon
+ * validates what only it understands, then prints "configuration OK" and
+ * exits 0 (config_check_ok) without starting anything. */
+enum config_result { CONFIG_RUN, CONFIG_CHECK, CONFIG_EXIT_OK, CONFIG_EXIT_FAIL };
 
 /* config_parse - pure: builds a config from tables (NULL-terminated array of
  * CFG_END-terminated tables), argv and envp. *help_r / *check_r tell whether
@@ -50,6 +53,8 @@ int config_parse(const struct cfg_def *const *tables, int argc, char *const *arg
 enum config_result config_load(const char *service, const char *summary,
 			       const struct cfg_def *const *tables, int argc, char **argv,
 			       struct config **cfg_r);
+/* config_check_ok - print the --check-config verdict and exit 0 */
+void config_check_ok(const char *service) ATTR_NORETURN;
 void config_print_help(FILE *out, const char *service, const char *summary,
 		       const struct cfg_def *const *tables);
 void config_free(struct config **cfgp);
