@@ -4,6 +4,8 @@
 #   make test   deps + sanitizer build (ASan+UBSan) in build-asan/ + every test
 #   make fuzz   libFuzzer harnesses (clang) in build-fuzz/, each run briefly
 #   make bench  release build + benchmarks (figures printed, nothing asserted)
+#   make run    build and start the local cluster in the foreground (Ctrl-C stops it)
+#   make up / make down   the same cluster in the background / stopped
 SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 PY := /usr/bin/python3
@@ -14,7 +16,7 @@ PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	python3 python3-grpcio python3-grpc-tools python3-protobuf python3-pytest \
 	postgresql-15 openssl curl swaks procps iproute2
 
-.PHONY: all deps build build-asan test unit pytest fuzz bench clean
+.PHONY: all deps build build-asan test unit pytest fuzz bench clean run up down
 
 all: build
 
@@ -57,6 +59,16 @@ fuzz:
 		echo "fuzz $$name (20 s)"; \
 		$$f -max_total_time=20 -max_len=65536 -artifact_prefix=/tmp/mail-fuzz-$$name- /tmp/mail-fuzz-$$name $$( [ -d $$corpus ] && echo $$corpus ) 2>&1 | tail -2 || exit 1; \
 	done
+
+# the local cluster (DESIGN.md ports; state under var/)
+run: deps build
+	deploy/local/cluster.sh run
+
+up: deps build
+	deploy/local/cluster.sh up
+
+down:
+	deploy/local/cluster.sh down
 
 bench: deps build
 	bench/run.sh
