@@ -31,12 +31,12 @@ deps:
 	fi
 
 build:
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAIL_SANITIZE=OFF -DMAIL_FUZZ=OFF >/dev/null
 	cmake --build build -j$(JOBS)
 	ln -sf build/compile_commands.json compile_commands.json
 
 build-asan:
-	cmake -S . -B build-asan -DMAIL_SANITIZE=ON >/dev/null
+	cmake -S . -B build-asan -DMAIL_SANITIZE=ON -DMAIL_FUZZ=OFF >/dev/null
 	cmake --build build-asan -j$(JOBS)
 
 test: deps build-asan
