@@ -963,13 +963,14 @@ static void op_finish(struct blob_op *op)
 	else
 		c->ops_tail = op->prev;
 	op->prev = op->next = NULL;
+	bool was_copy = op->kind == OP_COPY;
 	if (c->busy > 0) {
 		op->next = c->zombies;
 		c->zombies = op;
 	} else {
-		op_free(op);
+		op_free(op); /* no callback of ours is on the stack */
 	}
-	if (op->kind == OP_COPY && !c->freeing)
+	if (was_copy && !c->freeing)
 		copy_pump(c);
 }
 

@@ -2,12 +2,14 @@
  * nodes for tests/router/test_blobs.py.
  *   blob_check --nodes=store1=127.0.0.1:P1,... [--replicas=R] [--quorum=W]
  *              [--probe-ms=N] [--stall-ms=N] [--get-buffer=N] [--max-inflight=N]
+ *              [--call-timeout-ms=N]
  *              [--log-level=debug|info|warn|error]
  *   blob_check --parse=STORE_NODES...   (one result line each; exit 0 if all valid)
  * Reads one command per line on stdin and runs them one after another on one
  * long-lived cluster (so node health carries over while the test kills and
  * restarts nodes between commands):
- *   put FILE [n=K] [expect=STATUS] [id=HEX]     K concurrent puts of the file
+ *   put FILE [n=K] [expect=STATUS] [id=HEX] [cancel-ms=N]
+ *                            K concurrent puts of the file (cancelled after N ms)
  *   get ID [offset=] [length=] [hint=a,b] [sha=HEX] [bytes=N] [expect=STATUS]
  *          [kill-after=N pids=name:pid,...] [pause-every=N pause-ms=M]
  *          [cancel-after=N] [min-fallbacks=K]
@@ -196,7 +198,7 @@ static void put_cb(const struct blob_put_result *res, void *arg)
 		cmd.st = res->status;
 		snprintf(cmd.msg, sizeof(cmd.msg), "%s", res->message);
 	}
-	if (cmd.n_cb == cmd.n_ops) {
+	if (cmd.n_cb == cmd.n_ops && opt("cancel-ms") == NULL) {
 		const char *want = expect_status();
 		bool ok = cmd.bad == 0;
 		if (strcmp(want, "OK") == 0)
@@ -212,6 +214,21 @@ static void put_cb(const struct blob_put_result *res, void *arg)
 			       cmd.n_cb, cmd.bad, cmd.msg);
 		cmd_done();
 	}
+}
+
+static void put_cancelled_check(void)
+{
+	result(cmd.n_cb == 0 && cmd.bad == 0, "cancelled=%d callbacks=%d bad=%d", cmd.n_ops, cmd.n_cb,
+	       cmd.bad);
+	cmd_done();
+}
+
+/* put_cancel - cancel every put still running; none may call back afterwards */
+static void put_cancel(void)
+{
+	for (int i = 0; i < cmd.n_ops; i++)
+		blob_op_cancel(&cmd.ops[i]);
+	timer_in(300, put_cancelled_check);
 }
 
 static void run_put(void)
@@ -242,6 +259,8 @@ static void run_put(void)
 	const char *id = opt("id");
 	for (int i = 0; i < cmd.n_ops; i++)
 		cmd.ops[i] = blob_put(cluster, cmd.data, cmd.len, id, put_cb, (void *)(intptr_t)i);
+	if (opt("cancel-ms") != NULL)
+		timer_in((int)arg_u64("cancel-ms", 0), put_cancel);
 }
 
 /* ------------------------------------------------------------ get */
@@ -611,6 +630,8 @@ int main(int argc, char **argv)
 			o.stall_timeout_ms = atoi(a + 11);
 		else if (strncmp(a, "--get-buffer=", 13) == 0)
 			o.get_buffer = (size_t)atol(a + 13);
+		else if (strncmp(a, "--call-timeout-ms=", 18) == 0)
+			o.call_timeout_ms = atoi(a + 18);
 		else if (strncmp(a, "--max-inflight=", 15) == 0)
 			o.max_inflight = (unsigned)atoi(a + 15);
 		else if (strncmp(a, "--log-level=", 12) == 0) {
