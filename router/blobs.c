@@ -278,6 +278,12 @@ static const char *short_id(const char *id, char buf[17])
 	return buf;
 }
 
+/* quoted - peer text (a store's grpc-message) made safe for a log value, quotes included */
+static const char *quoted(char buf[160], const char *text)
+{
+	return log_quote(buf, 160, text, strlen(text));
+}
+
 static struct blob_node *node_find(const struct blob_cluster *c, const char *name)
 {
 	if (name == NULL)
@@ -568,10 +574,11 @@ static void node_set_up(struct blob_node *nd, bool up, const char *why)
 		return;
 	nd->up = up;
 	metric_set(nd->m_up, up ? 1 : 0);
+	char q[160];
 	if (up)
 		log_info("blob node up", "node=%s addr=%s", nd->name, nd->addr);
 	else
-		log_warn("blob node down", "node=%s addr=%s reason=\"%s\"", nd->name, nd->addr, why);
+		log_warn("blob node down", "node=%s addr=%s reason=%s", nd->name, nd->addr, quoted(q, why));
 }
 
 /* node_failed - a call failed: the transport kind of failure marks the node down */
@@ -1046,8 +1053,9 @@ static void put_on_done(struct rpc_ccall *rc, enum rpc_status st, const char *me
 		if (st == RPC_INVALID_ARGUMENT)
 			p->bad_id = true;
 		snprintf(p->err, sizeof(p->err), "%s: %s %s", nd->name, rpc_status_name(st), message);
-		log_info("blob put failed on a node", "id=%s node=%s status=%s err=\"%s\"",
-			 short_id(op->id, sid), nd->name, rpc_status_name(st), message);
+		char q[160];
+		log_info("blob put failed on a node", "id=%s node=%s status=%s err=%s",
+			 short_id(op->id, sid), nd->name, rpc_status_name(st), quoted(q, message));
 	}
 	put_step(op);
 	c_leave(c);
@@ -1163,7 +1171,7 @@ static void put_report(struct blob_op *op)
 		.id = op->id,
 		.size = p->len,
 		.nodes = names,
-		.n_nodes = op->st == RPC_OK ? p->acks : 0,
+		.n_nodes = p->acks, /* on failure: copies made anyway, for the GC */
 		.existed = op->st == RPC_OK && p->all_existed,
 	};
 	if (op->st == RPC_OK) {
@@ -1171,13 +1179,15 @@ static void put_report(struct blob_op *op)
 		log_debug("blob put ok", "id=%s size=%zu copies=%u", short_id(op->id, sid), p->len, p->acks);
 		if (p->running > 0 && p->owned == NULL) {
 			/* the caller may free data in its callback; the tail needs it */
-			p->owned = xmemdup(p->data, p->len > 0 ? p->len : 1);
+			p->owned = xmalloc(p->len + 1);
+			memcpy(p->owned, p->data, p->len);
 			p->data = p->owned;
 		}
 	} else {
 		metric_inc(blob_m.put_failed);
-		log_warn("blob put failed", "id=%s size=%zu status=%s err=\"%s\"", short_id(op->id, sid),
-			 p->len, rpc_status_name(op->st), op->msg);
+		char q[160];
+		log_warn("blob put failed", "id=%s size=%zu status=%s err=%s", short_id(op->id, sid),
+			 p->len, rpc_status_name(op->st), quoted(q, op->msg));
 	}
 	op->user_done = true;
 	if (p->cb != NULL)
@@ -1195,10 +1205,11 @@ static void put_report(struct blob_op *op)
 struct blob_op *blob_put(struct blob_cluster *c, const uint8_t *data, size_t len, const char *id,
 			 blob_put_cb *cb, void *arg)
 {
+	static const uint8_t empty[1];
 	struct blob_op *op = op_new(c, OP_PUT, NULL, arg);
 	struct put_state *p = &op->k.put;
 
-	p->data = data;
+	p->data = len > 0 ? data : empty;
 	p->len = len;
 	p->cb = cb;
 	p->all_existed = true;
@@ -1208,7 +1219,7 @@ struct blob_op *blob_put(struct blob_cluster *c, const uint8_t *data, size_t len
 	for (size_t i = 0; i < c->n; i++)
 		call_init(&p->calls[i], op, &c->nodes[i], put_start_call);
 	if (id == NULL) {
-		blob_id_of(data, len, op->id);
+		blob_id_of(p->data, len, op->id);
 	} else if (!blob_id_valid(id)) {
 		p->decided = true;
 		op->st = RPC_INVALID_ARGUMENT;
@@ -1342,8 +1353,7 @@ static void get_start(struct blob_op *op)
 		return;
 	if (get_end(op, &end) && g->have_total && g->pos >= end) {
 		/* everything arrived; only the trailer was lost */
-		if (g->cand_i < g->n_cand)
-			g->served = g->cand[g->cand_i];
+		g->served = g->last_node;
 		get_complete(op, RPC_OK, "");
 		return;
 	}
@@ -1374,8 +1384,9 @@ static void get_call_failed(struct blob_op *op, struct blob_node *nd, enum rpc_s
 	struct get_state *g = &op->k.get;
 	char sid[17];
 
-	log_info("blob read failed on a replica", "id=%s node=%s status=%s pos=%" PRIu64 " err=\"%s\"",
-		 short_id(op->id, sid), nd->name, rpc_status_name(st), g->pos, message);
+	char q[160];
+	log_info("blob read failed on a replica", "id=%s node=%s status=%s pos=%" PRIu64 " err=%s",
+		 short_id(op->id, sid), nd->name, rpc_status_name(st), g->pos, quoted(q, message));
 	switch (st) {
 	case RPC_OUT_OF_RANGE:
 	case RPC_INVALID_ARGUMENT:
@@ -1902,9 +1913,10 @@ static void copy_report(struct blob_op *op)
 				c->hook(op->id, cp->to->name, c->hook_arg);
 		} else {
 			metric_inc(blob_m.repair_failed);
-			log_warn("blob repair failed", "id=%s from=%s to=%s status=%s err=\"%s\"",
+			char q[160];
+			log_warn("blob repair failed", "id=%s from=%s to=%s status=%s err=%s",
 				 short_id(op->id, sid), cp->from->name, cp->to->name,
-				 rpc_status_name(op->st), op->msg);
+				 rpc_status_name(op->st), quoted(q, op->msg));
 		}
 	} else {
 		struct blob_result res = {

@@ -119,7 +119,8 @@ struct blob_put_result {
 	const char *message;        /* "" when none */
 	const char *id;
 	uint64_t size;
-	const char *const *nodes;   /* the nodes that fsync'd it (at least W when OK) */
+	const char *const *nodes;   /* the nodes that fsync'd it: at least W when OK; on
+				     * failure the copies made anyway (the GC's to find) */
 	size_t n_nodes;
 	bool existed;               /* every one of them already had it */
 };

@@ -193,8 +193,8 @@ static void put_cb(const struct blob_put_result *res, void *arg)
 			cmd.existed = res->existed;
 		}
 	} else {
-		if (res->n_nodes != 0)
-			cmd.bad++;
+		if (res->n_nodes >= cfg_w)
+			cmd.bad++; /* that many copies would have been a success */
 		cmd.st = res->status;
 		snprintf(cmd.msg, sizeof(cmd.msg), "%s", res->message);
 	}
@@ -463,7 +463,10 @@ static void wait_poll(void)
 	const char *want = cmd.pos[2];
 	bool up = blob_node_up(cluster, cmd.pos[1]);
 	if (up == (strcmp(want, "up") == 0)) {
-		result(true, "node=%s state=%s elapsed_ms=%" PRId64, cmd.pos[1], want, now_ms() - cmd.t0);
+		char gname[160];
+		snprintf(gname, sizeof(gname), "blob_node_up{node=\"%s\"}", cmd.pos[1]);
+		result(true, "node=%s state=%s elapsed_ms=%" PRId64 " gauge=%.0f", cmd.pos[1], want,
+		       now_ms() - cmd.t0, metric_value(metric_gauge(gname, "")));
 		cmd_done();
 	} else if (now_ms() >= cmd.deadline) {
 		result(false, "node=%s still %s after %" PRId64 " ms", cmd.pos[1], up ? "up" : "down",
