@@ -1760,6 +1760,8 @@ static void copy_get_on_done(struct rpc_ccall *rc, enum rpc_status st, const cha
 		copy_window(op);
 	} else {
 		cp->wait_writable = true; /* the target is slower: its on_writable asks for more */
+		log_debug("blob copy waits for the target", "to=%s pos=%" PRIu64 " queued=%zu",
+			  cp->to->name, cp->pos, rpc_ccall_queued(cp->put.rc));
 	}
 	c_leave(c);
 }

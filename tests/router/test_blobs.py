@@ -305,6 +305,13 @@ def test_put_same_content_is_idempotent(tmp_path, stores, checker):
     assert not any(s.has(wrong) for s in stores)
     c.ok("put %s id=NOT-HEX expect=INVALID_ARGUMENT" % f)
     c.close()
+    # two store calls per node at a time: the other puts wait in the node's queue
+    q = checker("--max-inflight=2")
+    data = os.urandom(300 * 1024)
+    r = q.ok("put %s n=16" % blob_file(tmp_path, data))
+    assert r["n"] == "16" and r["bad"] == "0"
+    assert sorted(r["nodes"].split(",")) == sorted(rendezvous(names(stores), sha(data))[:2])
+    q.close()
 
 
 def test_put_w1_answers_at_one_copy_and_finishes_in_background(tmp_path, stores, checker):
