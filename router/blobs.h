@@ -19,6 +19,11 @@
  * (clear your pointer in the final callback). blob_op_cancel and
  * blob_cluster_free are safe from inside any callback of the cluster.
  *
+ * Metrics (process-wide, shared by every worker's cluster): blob_put_total,
+ * blob_put_failed_total, blob_get_total, blob_get_failed_total,
+ * blob_get_fallback_total, blob_repair_total, blob_repair_failed_total, and
+ * the gauge blob_node_up{node="..."} (the latest change any cluster saw).
+ *
  * The per-node operations are named blob_node_* (not blob_stat/blob_delete/
  * blob_list) so they never collide with the store's own file layer, whose
  * functions carry the same module prefix. */
@@ -68,7 +73,7 @@ struct blob_cluster_opts {
 
 /* blob_cluster_new - clients for every node (connected lazily) and the
  * health probes. -1 with *error_r on a bad configuration (no nodes, R larger
- * than the node count, W = 0 or W > R, duplicate names). */
+ * than the node count, W > R, bad or duplicate names). */
 int blob_cluster_new(struct event_base *base, const struct blob_node_cfg *nodes, size_t n,
 		     const struct blob_cluster_opts *opts, struct blob_cluster **c_r,
 		     const char **error_r);

@@ -365,7 +365,7 @@ def test_quorum_not_reachable_is_unavailable(tmp_path, stores, checker):
     data = os.urandom(80 * 1024)
     r = c.ok("put %s expect=UNAVAILABLE" % blob_file(tmp_path, data))
     assert "too few live store nodes" in r["err"]
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.0  # no store call: it knows they are down
     # W=1 still writes, to the one node alive, and says which
     r = w1.ok("put " + blob_file(tmp_path, data))
     assert r["nodes"] == "store1"
