@@ -232,8 +232,8 @@ static void check_crlf_twin(const struct mime_message *m, const uint8_t *data, s
 		char *eol = strchr(line, '\n');
 		char *close = strchr(line, ']');
 		*close = '\0';
-		const uint8_t *a, *b;
-		size_t an, bn;
+		const uint8_t *a = NULL, *b = NULL;
+		size_t an = 0, bn = 0;
 		assert_int_equal(section_bytes(m, data, line + 1, &a, &an), 0);
 		assert_int_equal(section_bytes(m2, (const uint8_t *)data2, line + 1, &b, &bn), 0);
 		size_t cn;
