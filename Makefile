@@ -39,7 +39,7 @@ build-asan:
 	cmake -S . -B build-asan -DMAIL_SANITIZE=ON -DMAIL_FUZZ=OFF >/dev/null
 	cmake --build build-asan -j$(JOBS)
 
-test: deps build-asan
+test: deps build build-asan
 	$(MAKE) --no-print-directory unit pytest fuzz
 
 unit:
