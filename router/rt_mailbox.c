@@ -8,9 +8,9 @@
  * mail_select (0003_mailbox.sql: the header, the keyword table and every message's
  * uid/modseq/flags in one consistent snapshot, \Recent claimed only by a
  * read-write SELECT), STATUS reads the exact counters the triggers keep (only the
- * \Recent count looks at messages, through the primary key range of the unclaimed
- * uids). Every statement names the session's account, so a mailbox of another
- * account is never found, let alone touched.
+ * \Recent count looks at messages, through a bounded primary key range of the
+ * unclaimed uids). Every statement names the session's account, so a mailbox
+ * of another account is never found, let alone touched.
  *
  * Names from the front-end are checked here before they reach SQL (UTF-8, '/'
  * hierarchy without empty components, length and depth limits, no control
@@ -36,6 +36,10 @@
 #define MBX_DEPTH_MAX 64	/* hierarchy levels of a new name */
 #define MBX_STATUS_MAX 1000	/* mailboxes in one Status call */
 #define MBX_SPECIAL_USE_MAX 16	/* USE attributes in one CreateMailbox */
+/* STATUS RECENT counts the unclaimed uids exactly while they are at most this
+ * many (a primary-key range); past it (a mailbox nobody ever SELECTs, POP3 only)
+ * it is min(messages, unclaimed uids), exact unless recent ones were expunged */
+#define MBX_RECENT_EXACT "1000"
 #define MBX_SLOT 2
 
 #define CODE(x) MAIL__ROUTER__V1__CODE__CODE_##x
@@ -1051,7 +1055,9 @@ static const struct db_stmt mbx_stmts[] = {
 	  "SELECT u.id, mail_notify($1::bigint, u.id, 'mailbox', '', 0) FROM u", 3 },
 	{ "mailbox_status",
 	  "SELECT n.ord, mb.message_count, "
-	  "(SELECT count(*) FROM messages m WHERE m.mailbox_id = mb.id AND m.uid >= mb.first_recent_uid), "
+	  "CASE WHEN mb.uidnext - mb.first_recent_uid <= " MBX_RECENT_EXACT " THEN (SELECT count(*) "
+	  "FROM messages m WHERE m.mailbox_id = mb.id AND m.uid >= mb.first_recent_uid) "
+	  "ELSE least(mb.message_count, mb.uidnext - mb.first_recent_uid) END, "
 	  "mb.unseen_count, mb.uidnext, mb.uidvalidity, mb.highestmodseq, mb.total_bytes, mb.deleted_count "
 	  "FROM unnest($2::text[]) WITH ORDINALITY AS n(name, ord) "
 	  "JOIN mailboxes mb ON mb.account_id = $1::bigint AND mb.name = n.name", 2 },

@@ -441,4 +441,7 @@ def test_select_large_mailbox_one_round_trip(w):
     assert m.flags & 31 == 7 and [r.keywords[i] for i in m.keywords] == ["k2"]
     assert took < 5
     assert w.status(w.account("big2@mb.test"), ["INBOX"])[0].messages == 0
-    assert w.status(a, ["INBOX"])[0].messages == n
+    st = w.status(a, ["INBOX"])[0]
+    assert st.messages == n and st.recent == n      # never claimed: counted without a scan
+    w.select(a, "INBOX")
+    assert w.status(a, ["INBOX"])[0].recent == 0
