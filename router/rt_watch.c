@@ -286,7 +286,7 @@ static void watcher_send_resync(struct watcher *w, uint64_t modseq)
 	Mail__Router__V1__WatchEvent ev = MAIL__ROUTER__V1__WATCH_EVENT__INIT;
 	ev.kind = KIND(CHANGED);
 	ev.mailbox_id = w->mailbox_id;
-	ev.modseq = modseq;
+	ev.modseq = w->mailbox_id != 0 ? modseq : 0; /* modseqs are per mailbox */
 	rpc_call_send_pb(w->call, &ev.base);
 	w->resync_owed = false;
 	metric_inc(watch_m.resyncs);
