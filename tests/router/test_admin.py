@@ -116,6 +116,15 @@ def mailctl(mc, *args, stdin=None, env=None, cwd=None, token=True):
     return p.returncode, p.stdout.decode(), p.stderr.decode()
 
 
+def bcrypt(pw):
+    """A $2b$ hash (libxcrypt through python's crypt module), cheap cost."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import crypt
+        return crypt.crypt(pw, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+
+
 def sha512_crypt(pw, salt="saltsalt"):
     out = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, pw], capture_output=True, check=True)
     return out.stdout.decode().strip()
@@ -293,6 +302,13 @@ def test_account_import_list_patch_delete(mc):
     err(api(mc, "GET", "/api/v1/accounts?domain=unknown.test"), 404, "not_found")
     err(api(mc, "GET", "/api/v1/accounts?limit=0"), 422, "invalid")
     err(api(mc, "GET", "/api/v1/accounts?limit=abc"), 422, "invalid")
+    # Argon2id and {BLF-CRYPT} imports are stored as they are too
+    argon = one(mc, "SELECT password_hash FROM accounts WHERE address = 'alice@example.test'")
+    st, a, _ = api(mc, "POST", "/api/v1/accounts", {"address": "frank@example.test", "password_hash": argon})
+    assert st == 201 and one(mc, "SELECT password_hash FROM accounts WHERE address = 'frank@example.test'") == argon
+    blf = "{BLF-CRYPT}" + bcrypt("blf password")
+    st, a, _ = api(mc, "POST", "/api/v1/accounts", {"address": "gina@example.test", "password_hash": blf})
+    assert st == 201 and api(mc, "GET", "/api/v1/accounts/gina@example.test")[1]["password_scheme"] == "BLF-CRYPT"
     # PATCH: only the fields given change
     old = one(mc, "SELECT password_hash FROM accounts WHERE address = 'dave@example.test'")
     st, a, _ = api(mc, "PATCH", "/api/v1/accounts/dave%40example.test",
@@ -343,11 +359,12 @@ def test_account_authenticates(mc):
         mechanism="PASSWORD", username="alice@example.test", password=b"wrong horse",
         client_ip="127.0.0.1", protocol="imap"), timeout=10)
     assert bad.code != router_pb2.CODE_OK
-    # the imported SHA512-CRYPT account too
-    ok = stub.Authenticate(router_pb2.AuthenticateRequest(
-        mechanism="PASSWORD", username="dave@example.test", password=b"imported pw",
-        client_ip="127.0.0.1", protocol="imap"), timeout=10)
-    assert ok.code == router_pb2.CODE_OK, ok
+    # the imported accounts too: SHA512-CRYPT, Argon2id, BLF-CRYPT
+    for user, pw in (("dave", b"imported pw"), ("frank", b"correct horse"), ("gina", b"blf password")):
+        ok = stub.Authenticate(router_pb2.AuthenticateRequest(
+            mechanism="PASSWORD", username=user + "@example.test", password=pw,
+            client_ip="127.0.0.1", protocol="imap"), timeout=10)
+        assert ok.code == router_pb2.CODE_OK, (user, ok)
 
 
 # ---------------------------------------------------------------- aliases
