@@ -467,7 +467,8 @@ static void ATTR_PRINTF(5, 6) admin_fail(struct admin_req *r, int code, const ch
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
 	json_t *o = json_object();
-	json_object_set_new(o, "error", json_string(text));
+	json_t *t = json_string(text); /* NULL if truncation split a UTF-8 sequence */
+	json_object_set_new(o, "error", t != NULL ? t : json_string("(message not shown: not UTF-8)"));
 	json_object_set_new(o, "code", json_string(errcode));
 	if (field != NULL)
 		json_object_set_new(o, "field", json_string(field));
