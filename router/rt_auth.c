@@ -151,6 +151,7 @@ static void auth_wipe(char *p, size_t n)
 
 /* ------------------------------------------------------------------ requests */
 
+/* auth_req_new - the call's state; holds the worker until freed */
 static struct auth_req *auth_req_new(struct rpc_call *call)
 {
 	struct auth_req *req = XNEW(struct auth_req);
@@ -166,6 +167,7 @@ static struct auth_req *auth_req_new(struct rpc_call *call)
 	return req;
 }
 
+/* auth_req_free - cancel what is in flight, wipe the password, release the worker */
 static void auth_req_free(struct auth_req *req)
 {
 	db_request_cancel(&req->dbr);
@@ -532,6 +534,7 @@ static void lock_finish(struct lock_req *lr, auth_code code, enum rpc_status st,
 	lock_free(lr);
 }
 
+/* lock_on_cancel - the client went away: drop the db request (a lease taken anyway expires) */
 static void lock_on_cancel(struct rpc_call *call)
 {
 	struct lock_req *lr = rpc_call_data(call);
@@ -541,6 +544,7 @@ static void lock_on_cancel(struct rpc_call *call)
 	lock_free(lr);
 }
 
+/* lock_on_half_close - unary: a half-close without the request is an error */
 static void lock_on_half_close(struct rpc_call *call)
 {
 	struct lock_req *lr = rpc_call_data(call);
