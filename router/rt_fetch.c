@@ -51,7 +51,7 @@ const char msg_sql_fetch_meta[] =
 	"  SELECT z.* FROM ("
 	"   SELECT y.*, (sum(y.est) OVER (ORDER BY y.uid))::bigint AS run FROM ("
 	"    SELECT m.uid, m.modseq, m.flags, m.keywords,"
-	"           extract(epoch FROM m.internal_date)::bigint AS idate, m.size,"
+	"           floor(extract(epoch FROM m.internal_date))::bigint AS idate, m.size,"
 	"           CASE WHEN $5::boolean THEN m.envelope END AS envelope,"
 	"           CASE WHEN $6::boolean THEN m.body END AS body,"
 	"           CASE WHEN $7::boolean THEN m.bodystructure END AS bodystructure,"
