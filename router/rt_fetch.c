@@ -82,6 +82,7 @@ struct fm_call {
 	bool want_headers;
 };
 
+/* fm_fini - FetchMeta's own state */
 static void fm_fini(struct msg_call *mc)
 {
 	struct fm_call *fm = (struct fm_call *)mc;
@@ -90,6 +91,7 @@ static void fm_fini(struct msg_call *mc)
 	free(fm->names);
 }
 
+/* fm_reply_code - a FetchMetaReply that carries only a code */
 static void fm_reply_code(struct msg_call *mc, msg_code code)
 {
 	Mail__Router__V1__FetchMetaReply rep = MAIL__ROUTER__V1__FETCH_META_REPLY__INIT;
@@ -111,11 +113,11 @@ static bool field_name_valid(const char *s)
 
 /* header_filter - the fields of a raw header block whose names are (or, with
  * names_not, are not) among names, each with its folded lines, then the
- * blank line that ends a header; caller frees *out_r */
+ * blank line that ends a header; *out_r is allocated in the arena */
 static void header_filter(const uint8_t *blk, size_t len, char *const *names, size_t n_names,
-			  bool names_not, uint8_t **out_r, size_t *out_len_r)
+			  bool names_not, struct msg_arena *a, uint8_t **out_r, size_t *out_len_r)
 {
-	uint8_t *out = xmalloc(len + 4);
+	uint8_t *out = msg_arena_alloc(a, len + 4);
 	size_t o = 0, pos = 0;
 	const char *eol = NULL;	/* the block's line break, for the blank line */
 
@@ -184,7 +186,7 @@ static void fm_done(struct msg_call *mc, const struct db_result *r)
 	Mail__Router__V1__FetchMetaReply rep = MAIL__ROUTER__V1__FETCH_META_REPLY__INIT;
 	struct msg_arena arena = { 0 };
 	Mail__Router__V1__MessageMeta **msgs = msg_arena_alloc(&arena, (size_t)rows * sizeof(*msgs));
-	size_t n = 0;
+	size_t n = 0, packed = 0;
 	for (int i = 0; i < rows; i++) {
 		int64_t uid, modseq, flags, idate, size, run;
 		const uint8_t *p;
@@ -222,12 +224,16 @@ static void fm_done(struct msg_call *mc, const struct db_result *r)
 		if (fm->want_headers && msg_pg_bytes(res, i, 10, &p, &plen)) {
 			uint8_t *h;
 			size_t hlen;
-			header_filter(p, plen, fm->names, fm->n_names, fm->names_not, &h, &hlen);
-			uint8_t *ha = msg_arena_alloc(&arena, hlen);
-			memcpy(ha, h, hlen);
-			free(h);
-			m->headers = (ProtobufCBinaryData){ hlen, ha };
+			header_filter(p, plen, fm->names, fm->n_names, fm->names_not, &arena, &h, &hlen);
+			m->headers = (ProtobufCBinaryData){ hlen, h };
 		}
+		/* the SQL's estimate is an upper bound; the real size decides anyway */
+		size_t sz = mail__router__v1__message_meta__get_packed_size(m) + 6;
+		if (n > 0 && packed + sz > MSG_REPLY_BUDGET) {
+			rep.more = true;
+			break;
+		}
+		packed += sz;
 		msgs[n++] = m;
 	}
 	rep.messages = msgs;
@@ -315,6 +321,7 @@ struct fb_call {
 	bool paused;
 };
 
+/* fb_fini - stop the blob read (if the call goes first) and free the state */
 static void fb_fini(struct msg_call *mc)
 {
 	struct fb_call *fb = (struct fb_call *)mc;
@@ -357,7 +364,7 @@ static bool section_valid(const char *s)
 	return path && strcasecmp(p, "MIME") == 0;
 }
 
-/* fb_send_first - the first (and only) chunk of an empty or missing section */
+/* fb_send_empty - the first (and only) chunk of an empty or missing section */
 static void fb_send_empty(struct fb_call *fb, bool missing)
 {
 	Mail__Router__V1__FetchBodyChunk ch = MAIL__ROUTER__V1__FETCH_BODY_CHUNK__INIT;
@@ -365,6 +372,8 @@ static void fb_send_empty(struct fb_call *fb, bool missing)
 	msg_reply(&fb->mc, &ch.base);
 }
 
+/* fb_on_data - the next bytes of the section: out in chunks of at most
+ * 64 KiB (the first with the total); pause the read when the client lags */
 static void fb_on_data(const uint8_t *data, size_t len, void *arg)
 {
 	struct fb_call *fb = arg;
@@ -397,6 +406,8 @@ static void fb_on_data(const uint8_t *data, size_t len, void *arg)
 	}
 }
 
+/* fb_on_done - the read ended: OK once every byte went out; a body no
+ * replica has (or only corrupt) is DATA_LOSS, a node problem UNAVAILABLE */
 static void fb_on_done(enum rpc_status st, const char *message, void *arg)
 {
 	struct fb_call *fb = arg;

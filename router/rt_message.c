@@ -547,6 +547,7 @@ static const char sql_copy[] =
 	" WHERE s.id = $1 AND s.account_id = $2"
 	" ORDER BY c.src_uid";
 
+/* copy_reply_code - a CopyReply that carries only a code */
 static void copy_reply_code(struct msg_call *mc, msg_code code)
 {
 	Mail__Router__V1__CopyReply rep = MAIL__ROUTER__V1__COPY_REPLY__INIT;
@@ -677,6 +678,7 @@ static const char sql_expunge[] =
 	" WHERE mb.id = $1 AND mb.account_id = $2"
 	" ORDER BY e.uid";
 
+/* expunge_reply_code - an ExpungeReply that carries only a code */
 static void expunge_reply_code(struct msg_call *mc, msg_code code)
 {
 	Mail__Router__V1__ExpungeReply rep = MAIL__ROUTER__V1__EXPUNGE_REPLY__INIT;

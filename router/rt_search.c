@@ -141,6 +141,7 @@ struct sbuf {
 	size_t len, cap;
 };
 
+/* sb_add - append a string to a growing SQL text */
 static void sb_add(struct sbuf *b, const char *s)
 {
 	size_t n = strlen(s);
@@ -152,6 +153,7 @@ static void sb_add(struct sbuf *b, const char *s)
 	b->len += n;
 }
 
+/* sb_printf - append a formatted fragment (our own text: bounded, never client bytes) */
 static void ATTR_PRINTF(2, 3) sb_printf(struct sbuf *b, const char *fmt, ...)
 {
 	char tmp[512];
@@ -504,6 +506,7 @@ static bool search_sql(struct search_q *q, const Mail__Router__V1__SearchRequest
 
 /* ================================================================ the call */
 
+/* search_reply_code - a SearchReply with only a code (INVALID is counted) */
 static void search_reply_code(struct msg_call *mc, msg_code code)
 {
 	if (code == MAIL__ROUTER__V1__CODE__CODE_INVALID)
