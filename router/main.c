@@ -44,6 +44,7 @@ static const struct cfg_def router_defs[] = {
 	{ "hash_threads", CFG_INT, "2", 1, 64, "threads verifying passwords" },
 	{ "argon2_t_cost", CFG_INT, "2", 1, 100, "Argon2id iterations of new hashes" },
 	{ "argon2_m_cost", CFG_SIZE, "19M", 8192, 1LL << 32, "Argon2id memory of new hashes" },
+	{ "blob_gc_grace", CFG_DURATION, "1h", 1000, 30LL * 86400 * 1000, "unreferenced blobs are deleted after this long (blob GC)" },
 	CFG_END
 };
 
