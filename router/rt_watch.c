@@ -49,6 +49,8 @@
 #define WATCH_BUCKETS 4096		/* hash of account ids (power of two) */
 #define WATCH_HELLO_TIMEOUT_MS 10000	/* a watch not live by then ends UNAVAILABLE */
 #define WATCH_STALL_MS 60000		/* a watcher blocked that long is dropped */
+#define WATCH_DB_TRIES 3		/* reads sent again after DB_UNAVAILABLE (a connection
+					 * found dead only when used, after a restart) */
 
 #define KIND(x) MAIL__ROUTER__V1__WATCH_EVENT__KIND__##x
 
@@ -63,6 +65,7 @@ struct watcher {
 	uint64_t mailbox_id;		/* 0: every mailbox of the account */
 	enum watch_state state;
 	struct db_request *req;		/* the HELLO read in flight */
+	int tries;			/* HELLO reads sent */
 	struct event *timer;		/* HELLO deadline (until live) */
 	struct watcher *prev, *next;	/* bucket of account_id */
 	bool resync_owed;		/* events were dropped: one resync event is owed */
@@ -76,6 +79,8 @@ struct watch_loop {
 	struct db_listener *listener;
 	bool listening;			/* LISTEN is in effect now */
 	struct db_request *resync_req;	/* HIGHESTMODSEQs after a reconnect */
+	char *resync_arg;		/* its parameter (kept to send it again) */
+	int resync_tries;
 	size_t n_watchers;
 	struct watcher *buckets[WATCH_BUCKETS];
 };
@@ -377,6 +382,7 @@ static void watcher_hello(struct watcher *w)
 	snprintf(mbox, sizeof(mbox), "%" PRIu64, w->mailbox_id);
 	const char *v[] = { acct, mbox };
 	w->state = W_HELLO;
+	w->tries++;
 	w->req = db_exec(w->wl->l->db, "watch_hello", 2, v, NULL, NULL, 0, watch_hello_done, w);
 }
 
@@ -385,6 +391,10 @@ static void watch_hello_done(const struct db_result *r, void *arg)
 {
 	struct watcher *w = arg;
 	w->req = NULL;
+	if (r->status == DB_UNAVAILABLE && w->tries < WATCH_DB_TRIES) {
+		watcher_hello(w); /* a read: always safe to send again */
+		return;
+	}
 	if (r->status != DB_OK) {
 		struct rpc_call *call = w->call;
 		rpc_call_set_data(call, NULL);
@@ -465,12 +475,33 @@ static void watch_resync_send(struct watch_loop *wl, const struct watch_seq *seq
 		 wl->l->index, sent);
 }
 
+static void watch_resync_done(const struct db_result *r, void *arg);
+
+/* watch_resync_query - (again) the read of the watched mailboxes' HIGHESTMODSEQs */
+static void watch_resync_query(struct watch_loop *wl)
+{
+	const char *v[] = { wl->resync_arg };
+	wl->resync_tries++;
+	wl->resync_req = db_exec(wl->l->db, "watch_modseqs", 1, v, NULL, NULL, 0, watch_resync_done, wl);
+}
+
 /* watch_resync_done - the HIGHESTMODSEQs of the watched mailboxes (any failure:
  * the resync events go out without them) */
 static void watch_resync_done(const struct db_result *r, void *arg)
 {
 	struct watch_loop *wl = arg;
 	wl->resync_req = NULL;
+	if (r->status == DB_UNAVAILABLE && wl->resync_tries < WATCH_DB_TRIES) {
+		watch_resync_query(wl);
+		return;
+	}
+	free(wl->resync_arg);
+	wl->resync_arg = NULL;
+	if (r->status != DB_OK) {
+		char q[200];
+		log_info("watch resync without modseqs", "loop=%d error=%s", wl->l->index,
+			 log_quote(q, sizeof(q), r->message, strlen(r->message)));
+	}
 	size_t n = r->status == DB_OK && PQnfields(r->res) >= 2 ? (size_t)PQntuples(r->res) : 0;
 	struct watch_seq *seqs = xcalloc(n + 1, sizeof(*seqs));
 	for (size_t i = 0; i < n; i++) {
@@ -513,9 +544,10 @@ static void watch_resync_all(struct watch_loop *wl)
 	}
 	*p++ = '}';
 	*p = '\0';
-	const char *v[] = { arr };
-	wl->resync_req = db_exec(wl->l->db, "watch_modseqs", 1, v, NULL, NULL, 0, watch_resync_done, wl);
-	free(arr);
+	free(wl->resync_arg);
+	wl->resync_arg = arr;
+	wl->resync_tries = 0;
+	watch_resync_query(wl);
 	free(ids);
 }
 
@@ -537,6 +569,7 @@ static void watch_listen_cb(const struct db_notification *n, void *arg)
 					db_request_cancel(&w->req);
 					w->state = W_WAIT_LISTEN;
 					w->resync_owed = false;
+					w->tries = 0;
 				}
 			}
 		}
@@ -664,6 +697,7 @@ static void watch_loop_fini(struct rt_loop *l)
 		return;
 	db_unlisten(&wl->listener);
 	db_request_cancel(&wl->resync_req);
+	free(wl->resync_arg);
 	for (size_t b = 0; b < WATCH_BUCKETS; b++)
 		while (wl->buckets[b] != NULL)
 			watcher_end(wl->buckets[b], RPC_UNAVAILABLE, "router stopping");
