@@ -14,3 +14,6 @@ echo "== gRPC unary round trips, client and server on one core"
 
 echo "== blob store: raw fsync rate and Put throughput (4 KiB, 100 KiB; 1/16/64 clients)"
 "$BUILD/bench/bench_store" --store="$BUILD/store/mail-store" --seconds="$SECS"
+
+echo "== router: Deliver (10 KiB, R=2; 1/16/64 streams), FetchMeta of 1,000 envelopes, store Put beside it"
+"$BUILD/bench/bench_router" --build-dir="$BUILD" --seconds="$SECS"

@@ -1,0 +1,742 @@
+/* bench_router.c - the router's delivery and metadata throughput, beside the
+ * blob store's own Put throughput measured in the same run on the same disk.
+ *
+ *   bench_router [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR]
+ *
+ * Starts a private cluster of release binaries from DIR (default: the build this
+ * program belongs to): PostgreSQL 15 with fsync ON (initdb/pg_ctl as the postgres
+ * user when run as root, Unix socket only, in a temp dir under PARENT, default
+ * /tmp), two mail-store nodes and one mail-router (R = W = 2). Then, with our own
+ * gRPC client (proto/rpc.h), one connection per stream:
+ *  1. Deliver of distinct 10 KiB messages with 1, 16 and 64 concurrent streams,
+ *     N seconds each, stream k delivering to account k (a real MX spreads over
+ *     recipients; one account's deliveries serialize on its row by design);
+ *  2. 1,000 messages delivered into one account (16 streams: the single-account
+ *     rate is printed too), then FetchMeta of all 1,000 messages' envelopes in one
+ *     call, sequentially for N seconds;
+ *  3. store Put of distinct 10 KiB blobs straight to store node 1 with 1, 16 and
+ *     64 concurrent clients, N seconds each.
+ * Prints key=value lines; the issue's target is deliveries/s at each concurrency
+ * not below half the store's Put/s at the same concurrency (ratio= lines).
+ * Nothing is asserted. Logs and data are removed at the end unless --keep. */
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "proto/rpc.h"
+#include "router.pb-c.h"
+#include "store.pb-c.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <event2/event.h>
+
+#define BR_MAX_STREAMS 64
+#define BR_MSG_SIZE (10 * 1024)
+#define BR_META_MESSAGES 1000
+#define BR_CALL_TIMEOUT_MS 60000
+#define BR_PATH_DELIVER "/mail.router.v1.Router/Deliver"
+#define BR_PATH_FETCHMETA "/mail.router.v1.Router/FetchMeta"
+#define BR_PATH_PUT "/mail.store.v1.BlobStore/Put"
+#define BR_DOMAIN "bench.test"
+
+static double now_sec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---------------------------------------------------------------- processes */
+
+static bool as_root;
+static const char *pg_bin = "/usr/lib/postgresql/15/bin";
+
+static int free_port(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    getsockname(s, (struct sockaddr *)&sa, &len) < 0) {
+		perror("free_port");
+		exit(1);
+	}
+	close(s);
+	return ntohs(sa.sin_port);
+}
+
+static bool port_open(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	bool ok = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (s >= 0)
+		close(s);
+	return ok;
+}
+
+/* spawn - run argv with stdin from /dev/null and stdout+stderr to logfile (or a
+ * pipe when out_fd is given); as the postgres user when asked and we are root */
+static pid_t spawn(char *const *argv, const char *logfile, bool as_postgres, int *out_fd)
+{
+	int pfd[2] = { -1, -1 };
+	if (out_fd != NULL && pipe(pfd) < 0) {
+		perror("pipe");
+		exit(1);
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("fork");
+		exit(1);
+	}
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+		if (in >= 0)
+			dup2(in, 0);
+		if (out_fd != NULL) {
+			dup2(pfd[1], 1);
+			int log = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+			if (log >= 0)
+				dup2(log, 2);
+		} else {
+			int log = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+			if (log >= 0) {
+				dup2(log, 1);
+				dup2(log, 2);
+			}
+		}
+		if (as_postgres && as_root) {
+			struct passwd *pw = getpwnam("postgres");
+			if (pw == NULL || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+				fprintf(stderr, "cannot become postgres\n");
+				_exit(126);
+			}
+		}
+		execv(argv[0], argv);
+		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	if (out_fd != NULL) {
+		close(pfd[1]);
+		*out_fd = pfd[0];
+	}
+	return pid;
+}
+
+static int wait_status(pid_t pid)
+{
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* run - a command to completion; exits the benchmark when it fails */
+static void run(char *const *argv, const char *logfile, bool as_postgres)
+{
+	int rc = wait_status(spawn(argv, logfile, as_postgres, NULL));
+	if (rc != 0) {
+		fprintf(stderr, "%s failed (%d); see %s\n", argv[0], rc, logfile);
+		exit(1);
+	}
+}
+
+struct cluster {
+	char dir[256];
+	char pg_data[PATH_MAX], pg_sock[PATH_MAX], pg_log[PATH_MAX];
+	int pg_port;
+	char conninfo[PATH_MAX + 100];
+	pid_t stores[2];
+	int store_ports[2];
+	pid_t router;
+	int router_port;
+	char router_addr[64], store_addr[64];
+};
+
+/* psql - one SQL command; its unaligned output (at most size-1 bytes) in out */
+static void psql(struct cluster *cl, const char *sql, char *out, size_t size)
+{
+	char *exe = xasprintf("%s/psql", pg_bin), *port = xasprintf("%d", cl->pg_port);
+	char *logf = xasprintf("%s/psql.log", cl->dir);
+	char *argv[] = { exe, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", cl->pg_sock, "-p", port,
+			 "-U", "postgres", "-d", "mail", "-c", (char *)sql, NULL };
+	int fd;
+	pid_t pid = spawn(argv, logf, false, &fd);
+	size_t n = 0;
+	ssize_t r;
+	char sink[4096];
+	for (;;) {
+		bool room = out != NULL && n + 1 < size;
+		r = read(fd, room ? out + n : sink, room ? size - 1 - n : sizeof(sink));
+		if (r <= 0)
+			break;
+		if (room)
+			n += (size_t)r;
+	}
+	close(fd);
+	if (out != NULL)
+		out[n] = '\0';
+	if (wait_status(pid) != 0) {
+		fprintf(stderr, "psql failed: %s (see %s)\n", sql, logf);
+		exit(1);
+	}
+	free(exe);
+	free(port);
+	free(logf);
+}
+
+static void append_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "a");
+	if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0) {
+		fprintf(stderr, "cannot write %s\n", path);
+		exit(1);
+	}
+}
+
+static void chown_postgres(const char *path)
+{
+	struct passwd *pw = as_root ? getpwnam("postgres") : NULL;
+	if (pw != NULL && chown(path, pw->pw_uid, pw->pw_gid) < 0) {
+		perror("chown");
+		exit(1);
+	}
+}
+
+/* pg_start - initdb and start a private PostgreSQL with fsync on */
+static void pg_start(struct cluster *cl)
+{
+	snprintf(cl->pg_data, sizeof(cl->pg_data), "%s/pg", cl->dir);
+	snprintf(cl->pg_sock, sizeof(cl->pg_sock), "%s/sock", cl->dir);
+	snprintf(cl->pg_log, sizeof(cl->pg_log), "%s/postgres.log", cl->dir); /* written by postgres */
+	char *out = xasprintf("%s/pg_ctl.out", cl->dir);                       /* by us */
+	cl->pg_port = 20000 + (int)(getpid() % 20000);
+	mkdir(cl->pg_sock, 0700);
+	chown_postgres(cl->pg_sock);
+	char *initdb = xasprintf("%s/initdb", pg_bin), *pg_ctl = xasprintf("%s/pg_ctl", pg_bin);
+	char *a1[] = { initdb, "-D", cl->pg_data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
+		       "--locale=C.UTF-8", NULL };
+	run(a1, out, true);
+	char *conf = xasprintf("%s/postgresql.conf", cl->pg_data);
+	char *lines = xasprintf("\n# bench_router\nlisten_addresses = ''\nunix_socket_directories = '%s'\n"
+				"port = %d\nfsync = on\nfull_page_writes = on\nsynchronous_commit = on\n"
+				"shared_buffers = 128MB\nmax_connections = 100\nlog_min_messages = warning\n",
+				cl->pg_sock, cl->pg_port);
+	append_file(conf, lines);
+	char *a2[] = { pg_ctl, "-D", cl->pg_data, "-l", cl->pg_log, "-w", "-t", "60", "start", NULL };
+	run(a2, out, true);
+	{
+		char *exe = xasprintf("%s/psql", pg_bin), *port = xasprintf("%d", cl->pg_port);
+		char *a3[] = { exe, "-X", "-q", "-h", cl->pg_sock, "-p", port, "-U", "postgres", "-d", "postgres",
+			       "-c", "CREATE DATABASE mail", NULL };
+		run(a3, out, false);
+		free(exe);
+		free(port);
+	}
+	snprintf(cl->conninfo, sizeof(cl->conninfo), "host=%s port=%d dbname=mail user=postgres",
+		 cl->pg_sock, cl->pg_port);
+	free(initdb);
+	free(pg_ctl);
+	free(out);
+	free(conf);
+	free(lines);
+}
+
+static void pg_stop(struct cluster *cl)
+{
+	char *pg_ctl = xasprintf("%s/pg_ctl", pg_bin);
+	char *out = xasprintf("%s/pg_ctl.out", cl->dir);
+	char *argv[] = { pg_ctl, "-D", cl->pg_data, "-m", "fast", "-w", "-t", "60", "stop", NULL };
+	wait_status(spawn(argv, out, true, NULL));
+	free(pg_ctl);
+	free(out);
+}
+
+static void wait_port(int port, pid_t pid, const char *what, const char *logfile)
+{
+	for (int i = 0; i < 3000; i++) {
+		int st;
+		if (port_open(port))
+			return;
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			fprintf(stderr, "%s exited early; see %s\n", what, logfile);
+			exit(1);
+		}
+		usleep(10000);
+	}
+	fprintf(stderr, "%s never listened; see %s\n", what, logfile);
+	exit(1);
+}
+
+static void stop_daemon(pid_t pid, const char *what)
+{
+	kill(pid, SIGTERM);
+	int rc = wait_status(pid);
+	if (rc != 0)
+		fprintf(stderr, "%s exit status %d\n", what, rc);
+}
+
+/* cluster_start - PostgreSQL, two store nodes, the router */
+static void cluster_start(struct cluster *cl, const char *build)
+{
+	pg_start(cl);
+	for (int i = 0; i < 2; i++) {
+		cl->store_ports[i] = free_port();
+		char *exe = xasprintf("%s/store/mail-store", build);
+		char *listen = xasprintf("--listen=127.0.0.1:%d", cl->store_ports[i]);
+		char *data = xasprintf("--data-dir=%s/store%d", cl->dir, i + 1);
+		char *logf = xasprintf("%s/store%d.log", cl->dir, i + 1);
+		char *argv[] = { exe, listen, data, "--metrics-listen=", "--min-free=0", "--log-level=warn", NULL };
+		cl->stores[i] = spawn(argv, logf, false, NULL);
+		wait_port(cl->store_ports[i], cl->stores[i], "mail-store", logf);
+		free(exe);
+		free(listen);
+		free(data);
+		free(logf);
+	}
+	snprintf(cl->store_addr, sizeof(cl->store_addr), "127.0.0.1:%d", cl->store_ports[0]);
+	cl->router_port = free_port();
+	snprintf(cl->router_addr, sizeof(cl->router_addr), "127.0.0.1:%d", cl->router_port);
+	char *exe = xasprintf("%s/router/mail-router", build);
+	char *listen = xasprintf("--listen=%s", cl->router_addr);
+	char *metrics = xasprintf("--metrics-listen=127.0.0.1:%d", free_port());
+	char *db = xasprintf("--db=%s", cl->conninfo);
+	char *nodes = xasprintf("--store-nodes=store1=127.0.0.1:%d,store2=127.0.0.1:%d", cl->store_ports[0],
+				cl->store_ports[1]);
+	char *logf = xasprintf("%s/router.log", cl->dir);
+	char *argv[] = { exe, listen, metrics, "--admin-listen=", db, nodes, "--replicas=2", "--write-quorum=2",
+			 "--node-id=bench", "--log-level=warn", NULL };
+	cl->router = spawn(argv, logf, false, NULL);
+	wait_port(cl->router_port, cl->router, "mail-router", logf);
+	free(exe);
+	free(listen);
+	free(metrics);
+	free(db);
+	free(nodes);
+	free(logf);
+}
+
+static void cluster_stop(struct cluster *cl)
+{
+	stop_daemon(cl->router, "mail-router");
+	for (int i = 0; i < 2; i++)
+		stop_daemon(cl->stores[i], "mail-store");
+	pg_stop(cl);
+}
+
+/* ---------------------------------------------------------------- load */
+
+enum br_kind { BR_DELIVER, BR_FETCHMETA, BR_PUT };
+
+struct bench;
+
+struct bclient {
+	struct bench *b;
+	int index;
+	struct rpc_client *rpc;
+	uint8_t *data;
+	uint64_t seq;
+	double started;
+	bool got_reply;
+	char rcpt[64];
+};
+
+struct bench {
+	struct event_base *base;
+	enum br_kind kind;
+	int nclients;
+	double end;
+	long limit;             /* stop after this many (0 = time only) */
+	long started_n;
+	int busy;
+	long done, errors;
+	double *lat;
+	size_t n_lat, cap_lat;
+	/* FetchMeta */
+	uint64_t account_id, mailbox_id;
+	size_t meta_bytes;
+	struct bclient clients[BR_MAX_STREAMS];
+};
+
+static void call_start(struct bclient *c);
+
+/* fill_message - a distinct 10 KiB message: a header of the same length every
+ * time (fixed-width numbers) over the client's random body */
+static void fill_message(struct bclient *c)
+{
+	char hdr[512];
+	int n = snprintf(hdr, sizeof(hdr),
+			 "From: Bench Sender <sender@remote.example>\r\nTo: <%s>\r\n"
+			 "Subject: bench message %03d/%012llu\r\nMessage-ID: <%03d.%012llu.%010d@remote.example>\r\n"
+			 "Date: Tue, 2 Jan 2024 10:11:12 +0000\r\nMIME-Version: 1.0\r\n"
+			 "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+			 c->rcpt, c->index, (unsigned long long)c->seq, c->index, (unsigned long long)c->seq,
+			 (int)getpid());
+	if (n <= 0 || (size_t)n >= sizeof(hdr) || (size_t)n >= BR_MSG_SIZE / 2) {
+		fprintf(stderr, "header does not fit\n");
+		exit(1);
+	}
+	memcpy(c->data, hdr, (size_t)n);
+}
+
+static void call_record(struct bclient *c, enum rpc_status st, const char *message)
+{
+	struct bench *b = c->b;
+	double t = now_sec();
+	b->busy--;
+	if (st == RPC_OK && c->got_reply) {
+		b->done++;
+		if (b->n_lat == b->cap_lat) {
+			b->cap_lat = b->cap_lat ? b->cap_lat * 2 : 4096;
+			b->lat = xrealloc(b->lat, b->cap_lat * sizeof(*b->lat));
+		}
+		b->lat[b->n_lat++] = t - c->started;
+	} else if (b->errors++ < 5) {
+		fprintf(stderr, "call failed: %s %s\n", rpc_status_name(st), message);
+	}
+	if (t < b->end && (b->limit == 0 || b->started_n < b->limit))
+		call_start(c);
+	else if (b->busy == 0)
+		event_base_loopbreak(b->base);
+}
+
+static void deliver_on_message(struct rpc_ccall *call, const uint8_t *msg, size_t len, void *arg)
+{
+	struct bclient *c = arg;
+	Mail__Router__V1__DeliverReply *r = mail__router__v1__deliver_reply__unpack(NULL, len, msg);
+	if (r != NULL) {
+		c->got_reply = r->code == MAIL__ROUTER__V1__CODE__CODE_OK && r->n_results == 1 &&
+			       r->results[0]->code == MAIL__ROUTER__V1__CODE__CODE_OK;
+		if (!c->got_reply && c->b->errors < 5)
+			fprintf(stderr, "deliver refused: code=%d\n", (int)r->code);
+		mail__router__v1__deliver_reply__free_unpacked(r, NULL);
+	}
+}
+
+static void meta_on_message(struct rpc_ccall *call, const uint8_t *msg, size_t len, void *arg)
+{
+	struct bclient *c = arg;
+	Mail__Router__V1__FetchMetaReply *r = mail__router__v1__fetch_meta_reply__unpack(NULL, len, msg);
+	if (r != NULL) {
+		bool ok = r->code == MAIL__ROUTER__V1__CODE__CODE_OK && r->n_messages == BR_META_MESSAGES;
+		for (size_t i = 0; ok && i < r->n_messages; i++)
+			ok = r->messages[i]->envelope.len > 0;
+		c->got_reply = ok;
+		c->b->meta_bytes = len;
+		if (!ok && c->b->errors < 5)
+			fprintf(stderr, "fetchmeta: code=%d messages=%zu\n", (int)r->code, r->n_messages);
+		mail__router__v1__fetch_meta_reply__free_unpacked(r, NULL);
+	}
+}
+
+static void put_on_message(struct rpc_ccall *call, const uint8_t *msg, size_t len, void *arg)
+{
+	struct bclient *c = arg;
+	Mail__Store__V1__PutResponse *r = mail__store__v1__put_response__unpack(NULL, len, msg);
+	if (r != NULL) {
+		c->got_reply = strlen(r->id) == 64 && r->size == BR_MSG_SIZE;
+		mail__store__v1__put_response__free_unpacked(r, NULL);
+	}
+}
+
+static void on_done(struct rpc_ccall *call, enum rpc_status st, const char *message, void *arg)
+{
+	call_record(arg, st, message);
+}
+
+static const struct rpc_ccall_cbs deliver_cbs = { deliver_on_message, on_done, NULL };
+static const struct rpc_ccall_cbs meta_cbs = { meta_on_message, on_done, NULL };
+static const struct rpc_ccall_cbs put_cbs = { put_on_message, on_done, NULL };
+
+/* call_start - the client's next call of the benchmark's kind */
+static void call_start(struct bclient *c)
+{
+	struct bench *b = c->b;
+	c->seq++;
+	c->started = now_sec();
+	c->got_reply = false;
+	b->busy++;
+	b->started_n++;
+	if (b->kind == BR_FETCHMETA) {
+		Mail__Router__V1__FetchMetaRequest req = MAIL__ROUTER__V1__FETCH_META_REQUEST__INIT;
+		Mail__Router__V1__Session ses = MAIL__ROUTER__V1__SESSION__INIT;
+		Mail__Router__V1__UidSet set = MAIL__ROUTER__V1__UID_SET__INIT;
+		Mail__Router__V1__UidRange range = MAIL__ROUTER__V1__UID_RANGE__INIT;
+		Mail__Router__V1__UidRange *ranges[1] = { &range };
+		ses.account_id = b->account_id;
+		range.first = 1;
+		range.last = BR_META_MESSAGES;
+		set.n_ranges = 1;
+		set.ranges = ranges;
+		req.session = &ses;
+		req.mailbox_id = b->mailbox_id;
+		req.uids = &set;
+		req.envelope = true;
+		rpc_client_unary_pb(c->rpc, BR_PATH_FETCHMETA, BR_CALL_TIMEOUT_MS, &req.base, &meta_cbs, c);
+		return;
+	}
+	fill_message(c);
+	if (b->kind == BR_PUT) {
+		struct rpc_ccall *call = rpc_client_call(c->rpc, BR_PATH_PUT, BR_CALL_TIMEOUT_MS, &put_cbs, c);
+		Mail__Store__V1__PutRequest req = MAIL__STORE__V1__PUT_REQUEST__INIT;
+		req.size_hint = BR_MSG_SIZE;
+		req.data.data = c->data;
+		req.data.len = BR_MSG_SIZE;
+		rpc_ccall_send_pb(call, &req.base);
+		rpc_ccall_close_send(call);
+		return;
+	}
+	Mail__Router__V1__DeliverRequest req = MAIL__ROUTER__V1__DELIVER_REQUEST__INIT;
+	Mail__Router__V1__Envelope env = MAIL__ROUTER__V1__ENVELOPE__INIT;
+	Mail__Router__V1__Recipient rcpt = MAIL__ROUTER__V1__RECIPIENT__INIT;
+	Mail__Router__V1__Recipient *rcpts[1] = { &rcpt };
+	Mail__Router__V1__Session ses = MAIL__ROUTER__V1__SESSION__INIT;
+	ses.client_ip = "192.0.2.1";
+	ses.session_id = "bench";
+	rcpt.address = c->rcpt;
+	env.mail_from = "sender@remote.example";
+	env.n_recipients = 1;
+	env.recipients = rcpts;
+	env.session = &ses;
+	req.envelope = &env;
+	req.data.data = c->data;
+	req.data.len = BR_MSG_SIZE;
+	struct rpc_ccall *call = rpc_client_call(c->rpc, BR_PATH_DELIVER, BR_CALL_TIMEOUT_MS, &deliver_cbs, c);
+	rpc_ccall_send_pb(call, &req.base);
+	rpc_ccall_close_send(call);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+struct result {
+	double rate, p50_ms, p99_ms, mean_ms;
+	long done, errors;
+	size_t reply_bytes;
+};
+
+/* bench_run - one point: nclients calls of a kind in flight for `seconds`
+ * (or until limit calls were started); deliveries go to rcpt, or client k's to
+ * bench<k>@bench.test when rcpt is NULL */
+static struct result bench_run(const char *addr, enum br_kind kind, int nclients, double seconds, long limit,
+			       const char *rcpt, uint64_t account_id, uint64_t mailbox_id)
+{
+	static uint64_t seed;
+	struct bench *b = XNEW(struct bench);
+	b->kind = kind;
+	b->nclients = nclients;
+	b->limit = limit;
+	b->account_id = account_id;
+	b->mailbox_id = mailbox_id;
+	b->base = event_base_new();
+	if (seed == 0)
+		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	for (int i = 0; i < nclients; i++) {
+		struct bclient *c = &b->clients[i];
+		c->b = b;
+		c->index = i;
+		c->rpc = rpc_client_new(b->base, addr, NULL);
+		c->data = xmalloc(BR_MSG_SIZE);
+		if (rcpt == NULL)
+			snprintf(c->rcpt, sizeof(c->rcpt), "bench%d@" BR_DOMAIN, i);
+		else
+			snprintf(c->rcpt, sizeof(c->rcpt), "%s", rcpt);
+		for (size_t j = 0; j < BR_MSG_SIZE; j++) { /* xorshift: printable random text */
+			seed ^= seed << 13;
+			seed ^= seed >> 7;
+			seed ^= seed << 17;
+			c->data[j] = (uint8_t)('a' + (seed >> 24) % 26);
+		}
+		for (size_t j = 76; j + 2 < BR_MSG_SIZE; j += 78) {
+			c->data[j] = '\r';
+			c->data[j + 1] = '\n';
+		}
+		c->data[BR_MSG_SIZE - 2] = '\r';
+		c->data[BR_MSG_SIZE - 1] = '\n';
+	}
+	double t0 = now_sec();
+	b->end = t0 + seconds;
+	for (int i = 0; i < nclients && (limit == 0 || b->started_n < limit); i++)
+		call_start(&b->clients[i]);
+	event_base_dispatch(b->base);
+	double elapsed = now_sec() - t0;
+	struct result res = { .done = b->done, .errors = b->errors, .reply_bytes = b->meta_bytes };
+	qsort(b->lat, b->n_lat, sizeof(double), cmp_double);
+	double sum = 0;
+	for (size_t i = 0; i < b->n_lat; i++)
+		sum += b->lat[i];
+	res.rate = (double)b->done / elapsed;
+	res.p50_ms = b->n_lat ? b->lat[b->n_lat / 2] * 1e3 : 0;
+	res.p99_ms = b->n_lat ? b->lat[MAIL_MIN(b->n_lat - 1, b->n_lat * 99 / 100)] * 1e3 : 0;
+	res.mean_ms = b->n_lat ? sum / (double)b->n_lat * 1e3 : 0;
+	for (int i = 0; i < nclients; i++) {
+		rpc_client_free(&b->clients[i].rpc);
+		free(b->clients[i].data);
+	}
+	free(b->lat);
+	event_base_free(b->base);
+	free(b);
+	return res;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void default_build(char *buf, size_t size)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0) {
+		snprintf(buf, size, ".");
+		return;
+	}
+	self[n] = '\0';
+	snprintf(buf, size, "%s/..", dirname(self));
+}
+
+/* provision - the accounts: bench0..63 for the streams, meta for FetchMeta */
+static void provision(struct cluster *cl, uint64_t *meta_account, uint64_t *meta_mailbox)
+{
+	char out[256];
+	psql(cl, "INSERT INTO domains (name) VALUES ('" BR_DOMAIN "')", NULL, 0);
+	psql(cl, "INSERT INTO accounts (domain_id, address, password_hash) "
+		 "SELECT d.id, 'bench' || g || '@" BR_DOMAIN "', '{SHA512-CRYPT}$6$x$unused' "
+		 "FROM domains d, generate_series(0, 63) AS g WHERE d.name = '" BR_DOMAIN "'", NULL, 0);
+	psql(cl, "INSERT INTO accounts (domain_id, address, password_hash) "
+		 "SELECT id, 'meta@" BR_DOMAIN "', '{SHA512-CRYPT}$6$x$unused' FROM domains "
+		 "WHERE name = '" BR_DOMAIN "'", NULL, 0);
+	psql(cl, "SELECT a.id || ' ' || mb.id FROM accounts a JOIN mailboxes mb ON mb.account_id = a.id "
+		 "AND mb.name = 'INBOX' WHERE a.address = 'meta@" BR_DOMAIN "'", out, sizeof(out));
+	unsigned long long a = 0, m = 0;
+	if (sscanf(out, "%llu %llu", &a, &m) != 2) {
+		fprintf(stderr, "cannot read the meta account: %s\n", out);
+		exit(1);
+	}
+	*meta_account = a;
+	*meta_mailbox = m;
+}
+
+int main(int argc, char **argv)
+{
+	char build[PATH_MAX];
+	const char *parent = "/tmp";
+	double seconds = 5;
+	bool keep = false;
+	default_build(build, sizeof(build));
+	if (getenv("MAIL_PG_BIN") != NULL)
+		pg_bin = getenv("MAIL_PG_BIN");
+	for (int i = 1; i < argc; i++) {
+		if (strncmp(argv[i], "--build-dir=", 12) == 0)
+			snprintf(build, sizeof(build), "%s", argv[i] + 12);
+		else if (strncmp(argv[i], "--dir=", 6) == 0 && strlen(argv[i]) < 6 + 150)
+			parent = argv[i] + 6;
+		else if (strncmp(argv[i], "--seconds=", 10) == 0)
+			seconds = atof(argv[i] + 10);
+		else if (strncmp(argv[i], "--pg-bin=", 9) == 0)
+			pg_bin = argv[i] + 9;
+		else if (strcmp(argv[i], "--keep") == 0)
+			keep = true;
+		else {
+			fprintf(stderr, "usage: %s [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] "
+				"[--keep]\n", argv[0]);
+			return 2;
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	log_init("bench_router", LOG_LEVEL_WARN);
+	as_root = geteuid() == 0;
+
+	struct cluster *cl = XNEW(struct cluster);
+	snprintf(cl->dir, sizeof(cl->dir), "%s/br-XXXXXX", parent);
+	if (mkdtemp(cl->dir) == NULL) {
+		perror("mkdtemp");
+		return 1;
+	}
+	chmod(cl->dir, 0755);
+	chown_postgres(cl->dir);
+	printf("# cluster under %s: PostgreSQL (fsync on), 2 store nodes, 1 router (R=W=2), %s; %.0f s per point\n",
+	       cl->dir, build, seconds);
+	fflush(stdout);
+	cluster_start(cl, build);
+	uint64_t meta_account, meta_mailbox;
+	provision(cl, &meta_account, &meta_mailbox);
+
+	/* the router is ready when a delivery goes through */
+	struct result w = { 0 };
+	for (int i = 0; i < 300 && w.done == 0; i++) {
+		w = bench_run(cl->router_addr, BR_DELIVER, 1, 30, 1, NULL, 0, 0);
+		if (w.done == 0)
+			usleep(100000);
+	}
+	if (w.done == 0) {
+		fprintf(stderr, "the router never delivered; see %s/router.log\n", cl->dir);
+		cluster_stop(cl);
+		return 1;
+	}
+
+	static const int streams[] = { 1, 16, 64 };
+	double deliver_rate[N_ELEMENTS(streams)];
+	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
+		struct result r = bench_run(cl->router_addr, BR_DELIVER, streams[i], seconds, 0,
+					    NULL, 0, 0);
+		deliver_rate[i] = r.rate;
+		printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
+		       "errors=%ld\n", BR_MSG_SIZE, streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors);
+		fflush(stdout);
+	}
+
+	/* 1,000 messages in one mailbox, then FetchMeta of their envelopes */
+	struct result f = bench_run(cl->router_addr, BR_DELIVER, 16, 600, BR_META_MESSAGES,
+				    "meta@" BR_DOMAIN, 0, 0);
+	printf("router_deliver_one_account size=%d streams=16 deliveries_per_sec=%.0f p50_ms=%.2f "
+	       "p99_ms=%.2f errors=%ld\n", BR_MSG_SIZE, f.rate, f.p50_ms, f.p99_ms, f.errors);
+	if (f.done == BR_META_MESSAGES) {
+		struct result m = bench_run(cl->router_addr, BR_FETCHMETA, 1, seconds, 0, NULL, meta_account,
+					    meta_mailbox);
+		printf("router_fetchmeta messages=%d envelope=1 calls_per_sec=%.1f ms_per_call=%.2f p50_ms=%.2f "
+		       "p99_ms=%.2f reply_bytes=%zu errors=%ld\n", BR_META_MESSAGES, m.rate, m.mean_ms, m.p50_ms,
+		       m.p99_ms, m.reply_bytes, m.errors);
+	} else {
+		printf("router_fetchmeta skipped: only %ld of %d messages delivered\n", f.done, BR_META_MESSAGES);
+	}
+	fflush(stdout);
+
+	/* the store's own Put throughput, same disk, same concurrency */
+	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
+		struct result r = bench_run(cl->store_addr, BR_PUT, streams[i], seconds, 0, NULL, 0, 0);
+		printf("store_put size=%d clients=%d puts_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f errors=%ld\n",
+		       BR_MSG_SIZE, streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors);
+		printf("deliver_vs_store_put streams=%d ratio=%.2f target=0.50 %s\n", streams[i],
+		       r.rate > 0 ? deliver_rate[i] / r.rate : 0.0,
+		       r.rate > 0 && deliver_rate[i] / r.rate >= 0.5 ? "met" : "missed");
+		fflush(stdout);
+	}
+
+	cluster_stop(cl);
+	if (!keep)
+		nftw(cl->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	else
+		printf("# kept %s\n", cl->dir);
+	free(cl);
+	return 0;
+}
