@@ -1,0 +1,639 @@
+"""ResolveRecipient, Deliver and Append (router/rt_deliver.c) through python grpcio
+against a real cluster: PostgreSQL, store nodes, the router.
+
+What a call claims is checked again independently: rows and columns with psql,
+replicas by asking each store node directly (Stat/Get with python grpcio) and by
+recomputing the rendezvous placement, bodies byte for byte. The destructive cases
+(a store node down, a router killed mid-stream) run on a cluster of their own.
+Run with /usr/bin/python3 -m pytest; MAIL_BUILD_DIR names the build."""
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import gen_python  # noqa: E402
+from mailcluster import MailCluster  # noqa: E402
+
+gen_python("router.proto")
+gen_python("store.proto")
+import grpc  # noqa: E402
+import router_pb2 as pb  # noqa: E402
+import store_pb2  # noqa: E402
+
+CHUNK = 64 * 1024
+MAX_SIZE = 1024 * 1024          # --max-message-size of the cluster below
+HASH = "{SHA512-CRYPT}$6$x$notused"
+
+OK = pb.CODE_OK
+NO_SUCH_USER = pb.CODE_NO_SUCH_USER
+OVER_QUOTA = pb.CODE_OVER_QUOTA
+RELAY_DENIED = pb.CODE_RELAY_DENIED
+INVALID = pb.CODE_INVALID
+
+
+def q(s):
+    return "'" + s.replace("'", "''") + "'"
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def rendezvous(names, blob_id):
+    """The documented placement order: SHA-256("<name>\\n<id>")[:8] big-endian, highest first."""
+    def score(n):
+        return int.from_bytes(hashlib.sha256((n + "\n" + blob_id).encode()).digest()[:8], "big")
+    return sorted(names, key=lambda n: (-score(n), n))
+
+
+def message(subject="Hello", body="plain body words", n=0, extra=b""):
+    """A multipart/alternative message with encoded words, as a client would send it."""
+    return (
+        b"Date: Tue, 2 Jan 2024 10:11:12 +0100 (CET)\r\n"
+        b"From: =?utf-8?q?J=C3=B6rg_Sender?= <Joerg.Sender@Remote.Example>\r\n"
+        b"To: Bob <bob@dl.test>, team@dl.test\r\n"
+        b"Cc: \"Carol C\" <carol@dl.test>\r\n"
+        b"Subject: Re: [list] Fwd: " + subject.encode() + b" (fwd)\r\n"
+        b"Message-ID: <m" + str(n).encode() + b"@remote.example>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/alternative; boundary=\"b1\"\r\n"
+        b"\r\n"
+        b"--b1\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+        b"\r\n"
+        b"" + body.encode() + b" caf=C3=A9\r\n"
+        b"--b1\r\n"
+        b"Content-Type: text/html; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"\r\n" + base64.encodebytes(b"<p>htmlonlyword &amp; more \xe9t\xe9</p>").replace(b"\n", b"\r\n") +
+        b"--b1--\r\n" + extra)
+
+
+class Env:
+    def __init__(self, mc):
+        self.mc = mc
+        self.stub = mc.router_stub(0)
+        self.ids = {}
+        self._stores = {}
+
+    def store(self, i):
+        if i not in self._stores:
+            self._stores[i] = self.mc.store_stub(i)
+        return self._stores[i]
+
+    def rows(self, sql):
+        return [line.split("|") for line in self.mc.psql(sql).splitlines() if line != ""]
+
+    def one(self, sql):
+        r = self.rows(sql)
+        assert len(r) == 1 and len(r[0]) == 1, r
+        return r[0][0]
+
+    def domain(self, name):
+        self.mc.psql("INSERT INTO domains (name) VALUES (%s) ON CONFLICT DO NOTHING" % q(name))
+
+    def account(self, address, quota_bytes=0, disabled=False):
+        dom = address.split("@", 1)[1]
+        self.domain(dom)
+        aid = int(self.one(
+            "INSERT INTO accounts (domain_id, address, password_hash, quota_bytes, disabled) "
+            "SELECT id, %s, %s, %d, %s FROM domains WHERE name = %s RETURNING id"
+            % (q(address), q(HASH), quota_bytes, "true" if disabled else "false", q(dom))))
+        self.ids[address] = aid
+        return aid
+
+    def alias(self, address, targets):
+        dom = address.split("@", 1)[1]
+        self.domain(dom)
+        self.mc.psql("INSERT INTO aliases (domain_id, address, targets) SELECT id, %s, ARRAY[%s] FROM domains "
+                     "WHERE name = %s" % (q(address), ",".join(q(t) for t in targets), q(dom)))
+
+    def inbox(self, address, name="INBOX"):
+        return int(self.one("SELECT mb.id FROM mailboxes mb JOIN accounts a ON a.id = mb.account_id "
+                            "WHERE a.address = %s AND mb.name = %s" % (q(address), q(name))))
+
+    def resolve(self, address, account_id=0, size=0):
+        return self.stub.ResolveRecipient(pb.ResolveRecipientRequest(
+            address=address, session=pb.Session(account_id=account_id, client_ip="192.0.2.7"),
+            message_size=size), timeout=30)
+
+    def envelope(self, rcpts, mail_from="sender@remote.example", account_id=0, received="", queue_id=""):
+        return pb.Envelope(mail_from=mail_from, recipients=[pb.Recipient(address=a) for a in rcpts],
+                           session=pb.Session(account_id=account_id, client_ip="192.0.2.7", session_id="t1"),
+                           received_header=received, queue_id=queue_id)
+
+    def deliver(self, rcpts, body, stub=None, timeout=60, **kw):
+        env = self.envelope(rcpts, **kw)
+
+        def gen():
+            yield pb.DeliverRequest(envelope=env)
+            for i in range(0, len(body), CHUNK):
+                yield pb.DeliverRequest(data=body[i:i + CHUNK])
+        return (stub or self.stub).Deliver(gen(), timeout=timeout)
+
+    def append(self, account, mailbox, body, flags=(), date=0, size=None, timeout=30):
+        def gen():
+            yield pb.AppendRequest(session=pb.Session(account_id=account), mailbox=mailbox, flags=list(flags),
+                                   internal_date=date, size=len(body) if size is None else size)
+            for i in range(0, len(body), CHUNK):
+                yield pb.AppendRequest(data=body[i:i + CHUNK])
+        return self.stub.Append(gen(), timeout=timeout)
+
+    def store_get(self, i, blob_id):
+        data = b""
+        for r in self.store(i).Get(store_pb2.GetRequest(id=blob_id), timeout=30):
+            data += r.data
+        return data
+
+    def holders(self, blob_id):
+        """Store nodes (by name) that have the blob, asked directly."""
+        have = []
+        for i in range(self.mc.n_stores):
+            if self.store(i).Stat(store_pb2.StatRequest(id=blob_id), timeout=10).exists:
+                have.append("store%d" % (i + 1))
+        return have
+
+
+def provision(e):
+    for a in ("bob@dl.test", "carol@dl.test", "dave@dl.test", "erin@dl.test", "conc@dl.test",
+              "app@dl.test"):
+        e.account(a)
+    e.account("full@dl.test", quota_bytes=500)
+    e.account("appfull@dl.test", quota_bytes=100)
+    e.account("off@dl.test", disabled=True)
+    e.alias("team@dl.test", ["carol@dl.test", "Dave@dl.test", "erin@dl.test"])
+    e.alias("chain@dl.test", ["team@dl.test"])
+    e.alias("fwd@dl.test", ["Someone@Remote.Example"])
+    e.alias("loopa@dl.test", ["loopb@dl.test"])
+    e.alias("loopb@dl.test", ["loopa@dl.test"])
+    e.alias("@catch.test", ["bob@dl.test"])
+    e.alias("fullfwd@dl.test", ["full@dl.test"])
+    e.mc.psql("INSERT INTO mailboxes (account_id, name) VALUES (%d, 'Archive')" % e.ids["app@dl.test"])
+
+
+@pytest.fixture(scope="module")
+def env():
+    with MailCluster(stores=3, routers=1, router_args=["--max-message-size=%d" % MAX_SIZE]) as mc:
+        e = Env(mc)
+        provision(e)
+        yield e
+
+
+# ---------------------------------------------------------------- ResolveRecipient
+
+def test_resolve_recipient(env):
+    """RCPT TO answers: local account, alias (several targets, through another alias),
+    catch-all, unknown, disabled, alias loop, remote without and with authentication,
+    an alias forwarding to a remote address, over quota for the SIZE given, bad syntax."""
+    r = env.resolve("Bob@DL.test")
+    assert (r.code, r.local, list(r.targets)) == (OK, True, ["bob@dl.test"])
+    r = env.resolve("team@dl.test")
+    assert r.code == OK and r.local and sorted(r.targets) == ["carol@dl.test", "dave@dl.test", "erin@dl.test"]
+    r = env.resolve("chain@dl.test")
+    assert r.code == OK and sorted(r.targets) == ["carol@dl.test", "dave@dl.test", "erin@dl.test"]
+    r = env.resolve("anything.at.all@catch.test")
+    assert (r.code, r.local, list(r.targets)) == (OK, True, ["bob@dl.test"])
+    assert env.resolve("nobody@dl.test").code == NO_SUCH_USER
+    assert env.resolve("off@dl.test").code == NO_SUCH_USER
+    assert env.resolve("loopa@dl.test").code == NO_SUCH_USER
+    assert env.resolve("someone@remote.example").code == RELAY_DENIED
+    r = env.resolve("someone@remote.example", account_id=env.ids["bob@dl.test"])
+    assert (r.code, r.local, list(r.targets)) == (OK, False, ["someone@remote.example"])
+    # a session naming an account that is disabled or does not exist does not relay
+    assert env.resolve("someone@remote.example", account_id=env.ids["off@dl.test"]).code == RELAY_DENIED
+    assert env.resolve("someone@remote.example", account_id=987654).code == RELAY_DENIED
+    r = env.resolve("fwd@dl.test")
+    assert (r.code, r.local, list(r.targets)) == (OK, False, ["someone@remote.example"])
+    assert env.resolve("full@dl.test", size=2000).code == OVER_QUOTA
+    assert env.resolve("fullfwd@dl.test", size=2000).code == OVER_QUOTA
+    assert env.resolve("full@dl.test", size=100).code == OK
+    assert env.resolve("full@dl.test").code == OK   # size unknown: not full yet
+    for bad in ("no-at-sign", "two@@dl.test", "@dl.test", "bob@", "", "x" * 250 + "@dl.test",
+                "a@b\x01.test"):
+        assert env.resolve(bad).code == INVALID, bad
+
+
+# ---------------------------------------------------------------- Deliver
+
+def test_deliver_local_and_alias(env):
+    """One Deliver to a user, an alias with three targets and one of those targets
+    again: one blob, on exactly R=2 of the 3 store nodes (the rendezvous choice),
+    byte-identical to what was sent with the Received header in front; one row per
+    mailbox (a duplicate after alias expansion gets one copy); the IMAP strings, the
+    header block, the search fields and the full-text row computed at delivery."""
+    received = "Received: from client.example (client.example [192.0.2.7])\r\n\tby mx.dl.test; Tue, 2 Jan 2024 09:11:13 +0000"
+    body = message()
+    r = env.deliver(["bob@dl.test", "team@dl.test", "Carol@dl.test"], body, received=received)
+    assert r.code == OK and len(r.queue_id) == 16
+    assert [(x.address, x.code) for x in r.results] == [("bob@dl.test", OK), ("team@dl.test", OK),
+                                                        ("Carol@dl.test", OK)]
+    stored = received.encode() + b"\r\n" + body
+    blob_id = sha(stored)
+    rows = env.rows("SELECT a.address, m.uid, m.blob_id, m.size FROM messages m JOIN mailboxes mb ON "
+                    "mb.id = m.mailbox_id JOIN accounts a ON a.id = mb.account_id ORDER BY a.address")
+    assert rows == [[a, "1", blob_id, str(len(stored))] for a in
+                    ("bob@dl.test", "carol@dl.test", "dave@dl.test", "erin@dl.test")]
+    assert env.rows("SELECT refcount, size, nodes FROM blobs WHERE id = %s" % q(blob_id)) == \
+        [["4", str(len(stored)), "{%s}" % ",".join(sorted(rendezvous(["store1", "store2", "store3"], blob_id)[:2]))]]
+    holders = env.holders(blob_id)
+    assert sorted(holders) == sorted(rendezvous(["store1", "store2", "store3"], blob_id)[:2])
+    for name in holders:
+        assert env.store_get(int(name[5:]) - 1, blob_id) == stored
+
+    m = dict(zip(["envelope", "body", "bodystructure", "header_block", "part_map", "subject", "base_subject",
+                  "from_addr", "to_addr", "cc_addr", "sort_from", "sort_to", "sort_cc", "sent_date",
+                  "message_id", "internal_ok"],
+                 env.rows("SELECT convert_from(envelope, 'UTF8'), convert_from(body, 'UTF8'), "
+                          "convert_from(bodystructure, 'UTF8'), encode(substr(header_block, 1, 20), 'escape'), "
+                          "replace(convert_from(part_map, 'UTF8'), E'\\n', ';'), subject, base_subject, from_addr, to_addr, "
+                          "cc_addr, sort_from, sort_to, sort_cc, sent_date AT TIME ZONE 'UTC', message_id, "
+                          "abs(extract(epoch FROM now() - internal_date)) < 60 "
+                          "FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id WHERE mb.id = %d"
+                          % env.inbox("bob@dl.test"))[0]))
+    assert m["envelope"].startswith('("Tue, 2 Jan 2024 10:11:12 +0100 (CET)" "Re: [list] Fwd: Hello (fwd)"')
+    assert '"<m0@remote.example>")' in m["envelope"] and '"Joerg.Sender" "Remote.Example"' in m["envelope"]
+    assert m["bodystructure"].startswith('(("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable"')
+    assert '"alternative" ("boundary" "b1")' in m["bodystructure"]
+    assert m["body"].endswith('"alternative")') and "boundary" not in m["body"]
+    assert m["header_block"] == "Received: from clien"
+    assert "[1] " in m["part_map"] and "[2.MIME] " in m["part_map"]
+    assert m["subject"] == "Re: [list] Fwd: Hello (fwd)" and m["base_subject"] == "Hello"
+    assert m["from_addr"] == "Jörg Sender <Joerg.Sender@Remote.Example>"
+    assert m["to_addr"] == "Bob <bob@dl.test>, team@dl.test" and m["cc_addr"] == '"Carol C" <carol@dl.test>'
+    assert (m["sort_from"], m["sort_to"], m["sort_cc"]) == ("joerg.sender", "bob", "carol")
+    assert m["sent_date"] == "2024-01-02 09:11:12" and m["message_id"] == "<m0@remote.example>"
+    assert m["internal_ok"] == "t"
+    # one log line per transaction, correlated with the frontend's session
+    line = [ln for ln in env.mc.router_log(0).splitlines() if "queue_id=%s " % r.queue_id in ln][0]
+    assert 'msg="message delivered"' in line and 'session="t1"' in line and "copies=4" in line
+    # the section map resolves BODY[2] to the base64 text of the html part
+    off, size = [int(x) for x in [ln for ln in m["part_map"].split(";") if ln.startswith("[2] ")][0].split()[1:]]
+    assert base64.b64decode(stored[off:off + size]) == b"<p>htmlonlyword &amp; more \xe9t\xe9</p>"
+    # full text: both parts decoded (quoted-printable, base64 + latin-1 + html stripped)
+    assert env.one("SELECT tsv @@ to_tsquery('simple', 'htmlonlyword & plain & café & été') "
+                   "FROM message_text WHERE blob_id = %s" % q(blob_id)) == "t"
+    assert env.one("SELECT tsv @@ to_tsquery('simple', 'p') FROM message_text WHERE blob_id = %s"
+                   % q(blob_id)) == "f"
+
+    # consecutive UIDs and modseqs in one mailbox
+    for n in (1, 2):
+        assert env.deliver(["bob@dl.test"], message(n=n)).results[0].code == OK
+    assert env.rows("SELECT uid, modseq FROM messages WHERE mailbox_id = %d ORDER BY uid"
+                    % env.inbox("bob@dl.test")) == [["1", "2"], ["2", "3"], ["3", "4"]]
+    assert env.one("SELECT uidnext FROM mailboxes WHERE id = %d" % env.inbox("bob@dl.test")) == "4"
+
+
+def test_deliver_results_per_recipient(env):
+    """Each recipient gets its own answer: unknown, disabled, over quota, an alias
+    loop, a relay attempt, a syntax error, an alias forwarding to a remote address
+    (queued), and an authenticated submission to a remote address (queued with its
+    submitter and DSN data)."""
+    body = message(n=10, extra=b"x" * 600)   # over full@'s 500 byte quota
+    r = env.deliver(["erin@dl.test", "nobody@dl.test", "off@dl.test", "full@dl.test", "loopa@dl.test",
+                     "someone@remote.example", "no-at-sign", "fwd@dl.test"], body)
+    assert [x.code for x in r.results] == [OK, NO_SUCH_USER, NO_SUCH_USER, OVER_QUOTA, NO_SUCH_USER,
+                                           RELAY_DENIED, INVALID, OK]
+    assert env.one("SELECT count(*) FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
+                   "WHERE mb.account_id = %d" % env.ids["full@dl.test"]) == "0"
+    assert env.rows("SELECT rcpt, domain, account_id IS NULL, mail_from, size FROM outbound_queue "
+                    "WHERE blob_id = %s" % q(sha(body))) == \
+        [["someone@remote.example", "remote.example", "t", "sender@remote.example", str(len(body))]]
+
+    bob = env.ids["bob@dl.test"]
+    sub = message(n=11)
+    envl = env.envelope(["Friend@Elsewhere.Example", "carol@dl.test"], mail_from="bob@dl.test", account_id=bob)
+    envl.envid = "ENV-1"
+    envl.ret = "hdrs"
+    envl.recipients[0].notify = "FAILURE,DELAY"
+    envl.recipients[0].orcpt = "rfc822;Friend@Elsewhere.Example"
+    r = env.stub.Deliver(iter([pb.DeliverRequest(envelope=envl, data=sub)]), timeout=30)
+    assert [x.code for x in r.results] == [OK, OK] and r.results[0].detail == "queued"
+    assert env.rows("SELECT rcpt, domain, account_id, mail_from, envid, ret, notify, orcpt, status "
+                    "FROM outbound_queue WHERE blob_id = %s" % q(sha(sub))) == \
+        [["friend@elsewhere.example", "elsewhere.example", str(bob), "bob@dl.test", "ENV-1", "HDRS",
+          "FAILURE,DELAY", "rfc822;Friend@Elsewhere.Example", "queued"]]
+    # the queue row holds a reference: refcount = carol's copy + the queue row
+    assert env.one("SELECT refcount FROM blobs WHERE id = %s" % q(sha(sub))) == "2"
+    assert env.one("SELECT array_length(nodes, 1) FROM blobs WHERE id = %s" % q(sha(sub))) == "2"
+
+
+def test_idempotent_retry(env):
+    """A Deliver sent again with the same queue_id (the frontend's retry after a lost
+    answer) returns the first attempt's results and delivers and queues nothing twice."""
+    bob = env.ids["bob@dl.test"]
+    body = message(n=20)
+    first = env.deliver(["dave@dl.test", "x@far.example"], body, account_id=bob, queue_id="fe1.Q-000123")
+    again = env.deliver(["dave@dl.test", "x@far.example"], body, account_id=bob, queue_id="fe1.Q-000123")
+    assert first.queue_id == again.queue_id == "fe1.Q-000123"
+    assert [(x.code, x.detail) for x in first.results] == [(x.code, x.detail) for x in again.results] == \
+        [(OK, "delivered"), (OK, "queued")]
+    assert env.one("SELECT count(*) FROM messages WHERE blob_id = %s" % q(sha(body))) == "1"
+    assert env.one("SELECT count(*) FROM outbound_queue WHERE blob_id = %s" % q(sha(body))) == "1"
+    # another id is another transaction: delivered again
+    env.deliver(["dave@dl.test"], body, queue_id="fe1.Q-000124")
+    assert env.one("SELECT count(*) FROM messages WHERE blob_id = %s" % q(sha(body))) == "2"
+    with pytest.raises(grpc.RpcError) as e:
+        env.deliver(["dave@dl.test"], body, queue_id="bad id!")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_big_message_and_size_limit(env):
+    """A 900 KiB message (parsed off the loop) is stored whole; one byte over
+    max_message_size is refused with RESOURCE_EXHAUSTED before the stream ends,
+    and nothing of it is stored."""
+    big = message(n=30, extra=b"".join(b"line %06d of filler text\r\n" % i for i in range(36000)))
+    assert 800 * 1024 < len(big) < MAX_SIZE
+    r = env.deliver(["carol@dl.test"], big)
+    assert r.results[0].code == OK
+    bid = sha(big)
+    assert env.one("SELECT size FROM messages WHERE blob_id = %s" % q(bid)) == str(len(big))
+    holder = env.holders(bid)[0]
+    assert env.store_get(int(holder[5:]) - 1, bid) == big
+
+    sent = [0]
+    too_big = b"y" * (MAX_SIZE + 1)
+
+    def gen():
+        yield pb.DeliverRequest(envelope=env.envelope(["carol@dl.test"]))
+        for i in range(0, len(too_big) * 4, CHUNK):   # would go on for 4 MiB
+            sent[0] += 1
+            yield pb.DeliverRequest(data=too_big[:CHUNK])
+    with pytest.raises(grpc.RpcError) as e:
+        env.stub.Deliver(gen(), timeout=30)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sent[0] < 64, sent[0]
+    assert env.one("SELECT count(*) FROM messages WHERE size > %d" % MAX_SIZE) == "0"
+
+
+def test_concurrent_deliveries(env):
+    """20 Deliver streams at once into one mailbox: UIDs 1..20 with no gap and no
+    duplicate, strictly increasing modseqs, every message present once."""
+    out, errs = [None] * 20, []
+
+    def one(i):
+        try:
+            out[i] = env.deliver(["conc@dl.test"], message(n=100 + i, extra=b"z" * (i * 3000)), timeout=60)
+        except Exception as ex:  # noqa: BLE001
+            errs.append(ex)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errs, errs
+    assert all(r.results[0].code == OK for r in out)
+    rows = env.rows("SELECT uid, modseq, message_id FROM messages WHERE mailbox_id = %d ORDER BY uid"
+                    % env.inbox("conc@dl.test"))
+    assert [int(r[0]) for r in rows] == list(range(1, 21))
+    modseqs = [int(r[1]) for r in rows]
+    assert modseqs == sorted(set(modseqs)) and len(modseqs) == 20
+    assert sorted(r[2] for r in rows) == sorted("<m%d@remote.example>" % (100 + i) for i in range(20))
+    assert len({r.queue_id for r in out}) == 20
+
+
+def test_bad_streams(env):
+    """Protocol misuse is INVALID_ARGUMENT, and the router carries on."""
+    def expect(reqs, code=grpc.StatusCode.INVALID_ARGUMENT):
+        with pytest.raises(grpc.RpcError) as e:
+            env.stub.Deliver(iter(reqs), timeout=10)
+        assert e.value.code() == code
+    expect([pb.DeliverRequest(data=b"no envelope first")])
+    expect([])
+    expect([pb.DeliverRequest(envelope=env.envelope([]))])
+    expect([pb.DeliverRequest(envelope=env.envelope(["r%d@dl.test" % i for i in range(1001)]))])
+    expect([pb.DeliverRequest(envelope=env.envelope(["bob@dl.test"])), pb.DeliverRequest(data=b"x" * (CHUNK + 1))])
+    expect([pb.DeliverRequest(envelope=env.envelope(["bob@dl.test"])),
+            pb.DeliverRequest(envelope=env.envelope(["bob@dl.test"]))])
+    expect([pb.DeliverRequest(envelope=env.envelope(["bob@dl.test"], received="Received: x\r\n\r\nInjected: y"))])
+    expect([pb.DeliverRequest(envelope=env.envelope(["x" * 255 + "@dl.test"]))])
+    raw = grpc.insecure_channel(env.mc.router_addr(0))
+    with pytest.raises(grpc.RpcError) as e:
+        raw.stream_unary("/mail.router.v1.Router/Deliver")(iter([b"\xff\x01garbage"]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    raw.close()
+    # all recipients invalid: answered without storing anything
+    r = env.deliver(["no-at-sign", "a@@b"], b"Subject: x\r\n\r\nbody\r\n")
+    assert [x.code for x in r.results] == [INVALID, INVALID]
+    assert env.one("SELECT count(*) FROM blobs WHERE id = %s" % q(sha(b"Subject: x\r\n\r\nbody\r\n"))) == "0"
+    assert env.deliver(["erin@dl.test"], message(n=40)).results[0].code == OK
+
+
+def test_lost_commit_answer_retried_with_same_token(env):
+    """The connection carrying the commit breaks while the statement runs (it waits
+    on a row lock held by another session, then its backend is terminated): the
+    router retries once with the same token and answers OK; exactly one copy."""
+    from pgcluster import PG_BIN
+    aid = env.ids["dave@dl.test"]
+    pg = env.mc.pg
+    holder = subprocess.Popen(
+        [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
+         "-U", "postgres", "-d", env.mc.db, "-c",
+         "BEGIN; SELECT 1 FROM accounts WHERE id = %d FOR UPDATE; SELECT pg_sleep(2.5); COMMIT;" % aid],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        body = message(n=60)
+        fut = env.stub.Deliver.future(iter([pb.DeliverRequest(envelope=env.envelope(["dave@dl.test"]), data=body)]),
+                                      timeout=30)
+        killed = "0"
+        end = time.monotonic() + 5
+        while killed == "0" and time.monotonic() < end:
+            killed = env.one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE query LIKE '%mail_deliver_message(%' AND wait_event_type = 'Lock' "
+                             "AND pid <> pg_backend_pid()")
+            time.sleep(0.05)
+        assert killed == "1"
+        r = fut.result(timeout=30)
+        assert r.results[0].code == OK
+    finally:
+        holder.wait(10)
+    assert env.one("SELECT count(*) FROM messages WHERE blob_id = %s" % q(sha(body))) == "1"
+    assert 'msg="delivery commit retried"' in env.mc.router_log(0)
+
+
+def test_blob_under_gc_claim(env):
+    """A message whose blob (same content, unreferenced) a GC has just claimed for
+    deletion: mail_blob_prepare gets 40001 and is tried again until the claim is
+    gone (here: dropped after 0.4 s), then the body is stored afresh. A claim that
+    stays makes the Deliver fail UNAVAILABLE, never INTERNAL or OK."""
+    body = message(n=80)
+    bid = sha(body)
+    env.mc.psql("SELECT mail_blob_prepare(%s, %d); UPDATE blobs SET gc_claimed_at = clock_timestamp() "
+                "WHERE id = %s" % (q(bid), len(body), q(bid)))
+    t = threading.Timer(0.4, lambda: env.mc.psql("UPDATE blobs SET gc_claimed_at = NULL WHERE id = %s" % q(bid)))
+    t.start()
+    try:
+        assert env.deliver(["erin@dl.test"], body).results[0].code == OK
+    finally:
+        t.join()
+    assert env.one("SELECT refcount FROM blobs WHERE id = %s" % q(bid)) == "1"
+    assert len(env.holders(bid)) == 2
+
+    stuck = message(n=81)
+    sid = sha(stuck)
+    env.mc.psql("SELECT mail_blob_prepare(%s, %d); UPDATE blobs SET gc_claimed_at = clock_timestamp() "
+                "WHERE id = %s" % (q(sid), len(stuck), q(sid)))
+    with pytest.raises(grpc.RpcError) as e:
+        env.deliver(["erin@dl.test"], stuck)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert env.one("SELECT count(*) FROM messages WHERE blob_id = %s" % q(sid)) == "0"
+    env.mc.psql("UPDATE blobs SET gc_claimed_at = NULL WHERE id = %s" % q(sid))
+
+
+def test_cancel_at_every_stage(env):
+    """Clients that go away while the body streams in, while it is parsed, stored
+    or committed: the router frees everything (the cluster's exit checks ASan), stays
+    up, and whatever got stored is whole."""
+    big = message(n=70, extra=b"w" * 600000)
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08):
+        fut = env.stub.Deliver.future(iter([pb.DeliverRequest(envelope=env.envelope(["erin@dl.test"]))] +
+                                           [pb.DeliverRequest(data=big[i:i + CHUNK])
+                                            for i in range(0, len(big), CHUNK)]), timeout=30)
+        time.sleep(delay)
+        fut.cancel()
+    hold = threading.Event()
+
+    def gen():
+        yield pb.DeliverRequest(envelope=env.envelope(["erin@dl.test"]))
+        yield pb.DeliverRequest(data=b"Subject: cancelled\r\n\r\n")
+        hold.wait(10)
+    fut = env.stub.Deliver.future(gen(), timeout=30)
+    time.sleep(0.3)
+    fut.cancel()
+    hold.set()
+    time.sleep(0.5)
+    assert env.deliver(["erin@dl.test"], message(n=71)).results[0].code == OK
+    sizes = env.rows("SELECT DISTINCT size FROM messages WHERE blob_id = %s" % q(sha(big)))
+    assert sizes in ([], [[str(len(big))]])
+    assert env.one("SELECT count(*) FROM messages WHERE subject = 'cancelled'") == "0"
+
+
+# ---------------------------------------------------------------- Append
+
+def test_append(env):
+    """IMAP APPEND with flags, keywords and an internal date: APPENDUID data, the row
+    as asked; a missing mailbox, a bad flag, an over-quota declared size (answered
+    before the body comes) and a size mismatch are refused."""
+    app = env.ids["app@dl.test"]
+    body = message(n=50)
+    r = env.append(app, "Archive", body, flags=["\\Seen", "\\Flagged", "$Label1", "\\Recent", "$Label1", "Work"],
+                   date=1700000000)
+    mb = env.inbox("app@dl.test", "Archive")
+    uidv = int(env.one("SELECT uidvalidity FROM mailboxes WHERE id = %d" % mb))
+    assert (r.code, r.uidvalidity, r.uid) == (OK, uidv, 1)
+    assert env.rows("SELECT uid, flags, keywords, extract(epoch FROM internal_date)::bigint, size, "
+                    "subject IS NOT NULL, length(envelope) > 0 FROM messages WHERE mailbox_id = %d" % mb) == \
+        [["1", "5", "{$Label1,Work}", "1700000000", str(len(body)), "t", "t"]]
+    assert env.append(app, "Archive", message(n=51)).uid == 2
+    r = env.append(app, "inbox", message(n=52))      # INBOX is case-insensitive
+    assert (r.code, r.uid) == (OK, 1) and r.uidvalidity == int(env.one(
+        "SELECT uidvalidity FROM mailboxes WHERE id = %d" % env.inbox("app@dl.test")))
+    assert abs(int(env.one("SELECT extract(epoch FROM now() - internal_date)::bigint FROM messages "
+                           "WHERE mailbox_id = %d" % env.inbox("app@dl.test")))) < 60
+    assert env.append(app, "Nope", message(n=53)).code == pb.CODE_NO_SUCH_MAILBOX
+    assert env.append(app, "a//b", message(n=53)).code == pb.CODE_NO_SUCH_MAILBOX
+    assert env.append(app, "Archive", message(n=53), flags=["\\Bogus"]).code == INVALID
+    assert env.append(app, "Archive", message(n=53), flags=["bad keyword"]).code == INVALID
+    assert env.one("SELECT count(*) FROM messages WHERE mailbox_id = %d" % mb) == "2"
+
+    # over quota by the declared size: the answer comes while the body is still held back
+    hold = threading.Event()
+
+    def gen():
+        yield pb.AppendRequest(session=pb.Session(account_id=env.ids["appfull@dl.test"]), mailbox="INBOX",
+                               size=5000)
+        hold.wait(20)
+        yield pb.AppendRequest(data=b"x" * 5000)
+    t0 = time.monotonic()
+    fut = env.stub.Append.future(gen(), timeout=30)
+    try:
+        assert fut.result(timeout=10).code == OVER_QUOTA
+        assert time.monotonic() - t0 < 10 and not hold.is_set()
+    finally:
+        hold.set()
+    with pytest.raises(grpc.RpcError) as e:
+        env.append(app, "Archive", b"0123456789" * 2, size=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        env.append(app, "Archive", b"0123456789", size=20)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        env.append(0, "INBOX", b"x")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert env.one("SELECT count(*) FROM messages WHERE mailbox_id = %d" % mb) == "2"
+
+
+def test_metrics(env):
+    with urllib.request.urlopen(env.mc.metrics_url(0) + "/metrics", timeout=5) as m:
+        text = m.read().decode()
+    vals = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+    assert vals['deliver_total{result="ok"}'] >= 25
+    assert vals['deliver_total{result="too_big"}'] >= 1
+    assert vals['append_total{result="ok"}'] >= 3
+    assert vals["deliver_bytes_total"] > 900 * 1024
+    assert vals['resolve_recipient_total{result="relay_denied"}'] >= 1
+    assert vals["deliver_seconds_count"] >= 25
+
+
+# ---------------------------------------------------------------- failures
+
+def test_store_down_and_router_killed():
+    """R=W=2 on two store nodes. With one node down a Deliver fails UNAVAILABLE and
+    nothing is committed in PostgreSQL (no message, no token, no referenced blob).
+    A router killed (-9) in the middle of a stream leaves no message behind; after a
+    restart delivery works again."""
+    with MailCluster(stores=2, routers=1) as mc:
+        e = Env(mc)
+        e.account("k@kill.test")
+        assert e.deliver(["k@kill.test"], message(n=1)).results[0].code == OK
+
+        mc.kill_store(1)
+        body = message(n=2)
+        with pytest.raises(grpc.RpcError) as ex:
+            e.deliver(["k@kill.test"], body, queue_id="down-000001")
+        assert ex.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.one("SELECT count(*) FROM messages") == "1"
+        assert e.one("SELECT count(*) FROM delivery_tokens WHERE token LIKE '%down-000001'") == "0"
+        assert e.one("SELECT count(*) FROM blobs WHERE id = %s AND refcount > 0" % q(sha(body))) == "0"
+        mc.start_store(1)
+        end = time.monotonic() + 15
+        while True:
+            try:
+                assert e.deliver(["k@kill.test"], body, queue_id="down-000001").results[0].code == OK
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < end
+                time.sleep(0.3)
+        assert e.one("SELECT count(*) FROM messages") == "2"
+
+        # kill -9 the router while a stream is half sent
+        hold = threading.Event()
+
+        def gen():
+            yield pb.DeliverRequest(envelope=e.envelope(["k@kill.test"]))
+            yield pb.DeliverRequest(data=b"Subject: half\r\n\r\n" + b"a" * 1000)
+            hold.wait(30)
+            yield pb.DeliverRequest(data=b"never sent")
+        fut = e.stub.Deliver.future(gen(), timeout=60)
+        time.sleep(0.5)
+        mc.kill_router(0)
+        try:
+            with pytest.raises(grpc.RpcError) as ex:
+                fut.result(timeout=20)
+            assert ex.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            hold.set()
+        assert e.one("SELECT count(*) FROM messages") == "2"
+        assert e.one("SELECT count(*) FROM messages WHERE subject = 'half'") == "0"
+        mc.start_router(0)
+        stub = mc.router_stub(0)
+        assert e.deliver(["k@kill.test"], message(n=3), stub=stub).results[0].code == OK
+        assert e.rows("SELECT uid FROM messages ORDER BY uid") == [["1"], ["2"], ["3"]]
