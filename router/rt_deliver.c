@@ -12,12 +12,17 @@
  * the blob from now on), the body goes to R store nodes (blob_put answers
  * when W have fsync'd it), and ONE statement commits everything: Deliver
  * calls mail_deliver_message (recipients resolved again, one copy per local
- * account, outbound queue rows for remote ones), Append calls mail_deliver.
+ * account, outbound queue rows for remote targets: a recipient that is itself
+ * remote only for an authenticated, enabled submitter, a remote target of a
+ * local alias for anyone - forwarding), Append calls mail_deliver.
  * The answer goes out only after both the commit and the W copies: the
- * durability rule. Every commit carries an idempotency token; an answer lost
- * on the way back (DB_UNAVAILABLE) is retried once with the same token, so a
- * message is never delivered twice; after that the call ends UNAVAILABLE
- * (SMTP 451, IMAP NO [UNAVAILABLE]).
+ * durability rule. Every commit carries an idempotency token (the queue id,
+ * which a frontend may choose so that its own retry is safe too); an answer
+ * lost on the way back (DB_UNAVAILABLE) is retried once with the same token,
+ * so a message is never delivered twice; after that the call ends UNAVAILABLE
+ * (SMTP 451, IMAP NO [UNAVAILABLE]). mail_blob_prepare is idempotent and is
+ * tried a few times (a GC deleting an old copy of the same blob refuses it
+ * with 40001 for a moment).
  *
  * Ownership: each Deliver/Append call owns one struct dlv (the call's data):
  * its buffer, the parse results, and whatever is in flight - a pool job, a db
@@ -44,6 +49,7 @@
 #include <time.h>
 
 #define DLV_SLOT 1
+#define DLV_LINGER_MS 50              /* a worker hold outlives its call by this */
 
 /* Limits on what a frontend may send */
 #define DLV_MAX_RCPTS 1000              /* recipients of one Deliver (RFC 5321 asks >= 100) */
@@ -149,6 +155,30 @@ static double dlv_now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* dlv_hold - keep the worker's loop alive while a call lives (a drain waits for it) */
+static struct daemon_worker *dlv_hold(struct rpc_call *call)
+{
+	struct rt_loop *l = rt_loop_of_call(call);
+	struct daemon_worker *w = daemon_worker_get(l->rt->daemon, rpc_call_worker(call));
+	if (w != NULL)
+		daemon_worker_hold(w);
+	return w;
+}
+
+static void dlv_release_cb(evutil_socket_t fd, short what, void *arg)
+{
+	daemon_worker_release(arg);
+}
+
+/* dlv_release - drop the hold a little later: the reply just queued must reach
+ * the socket before a draining worker ends its loop and closes the connection */
+static void dlv_release(struct event_base *base, struct daemon_worker *w)
+{
+	static const struct timeval linger = { 0, DLV_LINGER_MS * 1000 };
+	if (w != NULL && event_base_once(base, -1, EV_TIMEOUT, dlv_release_cb, w, &linger) < 0)
+		daemon_worker_release(w);
 }
 
 /* ------------------------------------------------------------------ strings */
@@ -835,9 +865,7 @@ static struct dlv *dlv_new(struct rpc_call *call, enum dlv_kind kind)
 	d->loop = rt_loop_of_call(call);
 	d->call_id = rpc_call_id(call);
 	d->t0 = dlv_now();
-	d->w = daemon_worker_get(d->loop->rt->daemon, rpc_call_worker(call));
-	if (d->w != NULL)
-		daemon_worker_hold(d->w);
+	d->w = dlv_hold(call);
 	rpc_call_set_data(call, d);
 	return d;
 }
@@ -869,8 +897,7 @@ static void dlv_free(struct dlv *d)
 	free(d->arr_rcpts);
 	free(d->arr_notify);
 	free(d->arr_orcpt);
-	if (d->w != NULL)
-		daemon_worker_release(d->w);
+	dlv_release(d->loop->base, d->w);
 	free(d);
 }
 
@@ -1696,6 +1723,8 @@ static const char *const resolve_result_names[6] = {
 
 struct rsv {
 	struct rpc_call *call;
+	struct event_base *base;
+	struct daemon_worker *w;        /* held while the request lives */
 	struct db_request *dbr;
 	bool got_request;
 	bool authenticated;             /* session.account_id != 0 */
@@ -1705,6 +1734,7 @@ struct rsv {
 static void rsv_free(struct rsv *s)
 {
 	db_request_cancel(&s->dbr);
+	dlv_release(s->base, s->w);
 	free(s->address);
 	free(s);
 }
@@ -1734,6 +1764,8 @@ static void resolve_on_start(struct rpc_call *call)
 {
 	struct rsv *s = XNEW(struct rsv);
 	s->call = call;
+	s->base = rpc_call_base(call);
+	s->w = dlv_hold(call);
 	rpc_call_set_data(call, s);
 }
 

@@ -589,7 +589,8 @@ def test_store_down_and_router_killed():
     """R=W=2 on two store nodes. With one node down a Deliver fails UNAVAILABLE and
     nothing is committed in PostgreSQL (no message, no token, no referenced blob).
     A router killed (-9) in the middle of a stream leaves no message behind; after a
-    restart delivery works again."""
+    restart delivery works again. A router told to stop (SIGTERM) while a stream is
+    half sent lets it finish before it exits."""
     with MailCluster(stores=2, routers=1) as mc:
         e = Env(mc)
         e.account("k@kill.test")
@@ -637,3 +638,25 @@ def test_store_down_and_router_killed():
         stub = mc.router_stub(0)
         assert e.deliver(["k@kill.test"], message(n=3), stub=stub).results[0].code == OK
         assert e.rows("SELECT uid FROM messages ORDER BY uid") == [["1"], ["2"], ["3"]]
+
+        # SIGTERM while a stream is half sent: the router drains, the delivery
+        # finishes and is acknowledged, the router exits cleanly (ASan included)
+        hold = threading.Event()
+        last = message(n=4)
+
+        def gen2():
+            yield pb.DeliverRequest(envelope=e.envelope(["k@kill.test"]))
+            yield pb.DeliverRequest(data=last[:100])
+            hold.wait(30)
+            yield pb.DeliverRequest(data=last[100:])
+        fut = stub.Deliver.future(gen2(), timeout=30)
+        time.sleep(0.3)
+        code = []
+        stopper = threading.Thread(target=lambda: code.append(mc.stop_router(0)))
+        stopper.start()
+        time.sleep(0.5)
+        hold.set()
+        assert fut.result(timeout=20).results[0].code == OK
+        stopper.join(30)
+        assert code == [0]
+        assert e.one("SELECT count(*) FROM messages WHERE blob_id = %s" % q(sha(last))) == "1"
