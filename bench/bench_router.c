@@ -1,7 +1,8 @@
 /* bench_router.c - the router's delivery and metadata throughput, beside the
  * blob store's own Put throughput measured in the same run on the same disk.
  *
- *   bench_router [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR]
+ *   bench_router [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] [--keep]
+ *                [--router-arg=--db-pool-size=16 ...]   (experiments with router settings)
  *
  * Starts a private cluster of release binaries from DIR (default: the build this
  * program belongs to): PostgreSQL 15 with fsync ON (initdb/pg_ctl as the postgres
@@ -61,6 +62,8 @@ static double now_sec(void)
 /* ---------------------------------------------------------------- processes */
 
 static bool as_root;
+static char *router_extra[16];   /* --router-arg=... passed on to mail-router */
+static int n_router_extra;
 static const char *pg_bin = "/usr/lib/postgresql/15/bin";
 
 static int free_port(void)
@@ -162,7 +165,7 @@ struct cluster {
 	pid_t stores[2];
 	int store_ports[2];
 	pid_t router;
-	int router_port;
+	int router_port, metrics_port;
 	char router_addr[64], store_addr[64];
 };
 
@@ -312,13 +315,16 @@ static void cluster_start(struct cluster *cl, const char *build)
 	snprintf(cl->router_addr, sizeof(cl->router_addr), "127.0.0.1:%d", cl->router_port);
 	char *exe = xasprintf("%s/router/mail-router", build);
 	char *listen = xasprintf("--listen=%s", cl->router_addr);
-	char *metrics = xasprintf("--metrics-listen=127.0.0.1:%d", free_port());
+	cl->metrics_port = free_port();
+	char *metrics = xasprintf("--metrics-listen=127.0.0.1:%d", cl->metrics_port);
 	char *db = xasprintf("--db=%s", cl->conninfo);
 	char *nodes = xasprintf("--store-nodes=store1=127.0.0.1:%d,store2=127.0.0.1:%d", cl->store_ports[0],
 				cl->store_ports[1]);
 	char *logf = xasprintf("%s/router.log", cl->dir);
-	char *argv[] = { exe, listen, metrics, "--admin-listen=", db, nodes, "--replicas=2", "--write-quorum=2",
-			 "--node-id=bench", "--log-level=warn", NULL };
+	char *argv[32] = { exe, listen, metrics, "--admin-listen=", db, nodes, "--replicas=2", "--write-quorum=2",
+			   "--node-id=bench", "--log-level=warn" };
+	for (int i = 0; i < n_router_extra; i++)
+		argv[10 + i] = router_extra[i];
 	cl->router = spawn(argv, logf, false, NULL);
 	wait_port(cl->router_port, cl->router, "mail-router", logf);
 	free(exe);
@@ -335,6 +341,44 @@ static void cluster_stop(struct cluster *cl)
 	for (int i = 0; i < 2; i++)
 		stop_daemon(cl->stores[i], "mail-store");
 	pg_stop(cl);
+}
+
+/* db_stats - the router's db_query_seconds sum and count (from /metrics): where a
+ * delivery's time goes. Zeros when the scrape fails. */
+static void db_stats(const struct cluster *cl, double *sum_r, double *count_r)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)cl->metrics_port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	char *buf = xmalloc(1 << 20);
+	size_t n = 0;
+	ssize_t r;
+	*sum_r = *count_r = 0;
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (s >= 0)
+			close(s);
+		free(buf);
+		return;
+	}
+	static const char req[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+	if (write(s, req, sizeof(req) - 1) == (ssize_t)sizeof(req) - 1)
+		while (n + 1 < (1 << 20) && (r = read(s, buf + n, (1 << 20) - 1 - n)) > 0)
+			n += (size_t)r;
+	close(s);
+	buf[n] = '\0';
+	for (char *line = buf, *next; line != NULL && *line != '\0'; line = next) {
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		const char *sp = strrchr(line, ' ');
+		if (sp == NULL)
+			continue;
+		if (strncmp(line, "db_query_seconds_sum", 20) == 0)
+			*sum_r += atof(sp + 1);
+		else if (strncmp(line, "db_query_seconds_count", 22) == 0)
+			*count_r += atof(sp + 1);
+	}
+	free(buf);
 }
 
 /* ---------------------------------------------------------------- load */
@@ -656,9 +700,11 @@ int main(int argc, char **argv)
 			pg_bin = argv[i] + 9;
 		else if (strcmp(argv[i], "--keep") == 0)
 			keep = true;
+		else if (strncmp(argv[i], "--router-arg=", 13) == 0 && n_router_extra < 16)
+			router_extra[n_router_extra++] = argv[i] + 13;
 		else {
 			fprintf(stderr, "usage: %s [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] "
-				"[--keep]\n", argv[0]);
+				"[--keep] [--router-arg=--key=value ...]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -697,11 +743,16 @@ int main(int argc, char **argv)
 	static const int streams[] = { 1, 16, 64 };
 	double deliver_rate[N_ELEMENTS(streams)];
 	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
+		double s0, c0, s1, c1;
+		db_stats(cl, &s0, &c0);
 		struct result r = bench_run(cl->router_addr, BR_DELIVER, streams[i], seconds, 0,
 					    NULL, 0, 0);
+		db_stats(cl, &s1, &c1);
 		deliver_rate[i] = r.rate;
 		printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
-		       "errors=%ld\n", BR_MSG_SIZE, streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors);
+		       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
+		       streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors, r.done ? (c1 - c0) / (double)r.done : 0,
+		       c1 > c0 ? (s1 - s0) / (c1 - c0) * 1e3 : 0);
 		fflush(stdout);
 	}
 
