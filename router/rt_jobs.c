@@ -154,12 +154,13 @@ struct jobs {
 	struct rt_loop *l;
 	struct blob_cluster *c;
 	struct db_pool *db;
-	struct event *lease_ev, *tick_ev, *kick_ev;
+	struct event *tick_ev, *kick_ev;
 	size_t n_nodes;
 	unsigned replicas;
 
 	/* leases */
 	struct db_request *lease_req;
+	bool lease_tried;
 	int64_t lease_sent_ms;
 	unsigned lease_errors;
 	struct jobs_lease lease[JOB_COUNT];
@@ -1035,14 +1036,16 @@ static void lease_done(const struct db_result *r, void *arg)
 	jobs_kick(j);
 }
 
-static void lease_send(struct jobs *j)
+/* lease_send - renew (or try to take) every lease, every JOBS_LEASE_RENEW_MS */
+static void lease_send(struct jobs *j, int64_t now)
 {
-	if (j->lease_req != NULL)
+	if (j->lease_req != NULL || (j->lease_tried && now - j->lease_sent_ms < JOBS_LEASE_RENEW_MS))
 		return;
+	j->lease_tried = true;
 	char ms[16];
 	snprintf(ms, sizeof(ms), "%d", JOBS_LEASE_MS);
 	const char *v[3] = { j->rt->node_id, JOBS_ARRAY, ms };
-	j->lease_sent_ms = jobs_now_ms();
+	j->lease_sent_ms = now;
 	j->lease_req = db_exec(j->db, "jobs_leases", 3, v, NULL, NULL, 0, lease_done, j);
 	db_request_set_timeout(j->lease_req, JOBS_LEASE_TIMEOUT_MS);
 }
@@ -1082,6 +1085,7 @@ static void nodes_watch(struct jobs *j, int64_t now)
 static void jobs_run(struct jobs *j)
 {
 	int64_t now = jobs_now_ms();
+	lease_send(j, now);
 	lease_check(j, now);
 	nodes_watch(j, now);
 	if (jobs_held(j, JOB_REPAIR, now))
@@ -1099,11 +1103,6 @@ static void jobs_run(struct jobs *j)
 static void jobs_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	jobs_run(arg);
-}
-
-static void jobs_lease_cb(evutil_socket_t fd, short what, void *arg)
-{
-	lease_send(arg);
 }
 
 /* jobs_kick - run the scheduler soon, from the loop (not from inside a callback chain) */
@@ -1155,14 +1154,11 @@ static void jobs_loop_init(struct rt_loop *l)
 	j->gc_interval_ms = MAIL_MIN(MAIL_MAX(j->grace_ms / 4, JOBS_GC_INTERVAL_MIN_MS),
 				     JOBS_GC_INTERVAL_MAX_MS);
 	jobs_metrics_init(j);
-	j->lease_ev = event_new(l->base, -1, EV_PERSIST, jobs_lease_cb, j);
 	j->tick_ev = event_new(l->base, -1, EV_PERSIST, jobs_tick_cb, j);
 	j->kick_ev = event_new(l->base, -1, 0, jobs_tick_cb, j);
-	struct timeval lease_tv = { JOBS_LEASE_RENEW_MS / 1000, (JOBS_LEASE_RENEW_MS % 1000) * 1000 };
 	struct timeval tick_tv = { JOBS_TICK_MS / 1000, (JOBS_TICK_MS % 1000) * 1000 };
-	event_add(j->lease_ev, &lease_tv);
 	event_add(j->tick_ev, &tick_tv);
-	event_active(j->lease_ev, EV_TIMEOUT, 0); /* the first try at once */
+	jobs_kick(j); /* the first lease request at once */
 	log_info("background jobs ready", "holder=%s gc_grace_ms=%" PRId64 " lease_ms=%d",
 		 rt->node_id, j->grace_ms, JOBS_LEASE_MS);
 }
@@ -1178,7 +1174,6 @@ static void jobs_loop_fini(struct rt_loop *l)
 	gc_stop(j);
 	db_request_cancel(&j->lease_req);
 	db_request_cancel(&j->hk_req);
-	event_free(j->lease_ev);
 	event_free(j->tick_ev);
 	event_free(j->kick_ev);
 	free(j);

@@ -322,7 +322,7 @@ def test_one_router_runs_the_jobs_and_another_takes_over_when_it_dies(pg):
         other = 1 - hi
         # for a while: the same holder, renewing; only it works
         first = rows(mc, "SELECT job, acquired_at, expires_at FROM job_leases ORDER BY job")
-        time.sleep(4)
+        time.sleep(5)
         again = rows(mc, "SELECT job, holder, acquired_at, expires_at FROM job_leases ORDER BY job")
         for a, b in zip(first, again):
             assert b[1] == holder and b[2] == a[1] and b[3] > a[2], (a, b)
