@@ -8,8 +8,9 @@ did is checked on the nodes themselves (python Stat), in PostgreSQL (blobs.nodes
 job_leases, ...), in the routers' /metrics and logs. One PostgreSQL serves the
 module, each test has its own database.
 
-  * a store node replaced by an empty one gets every copy back (verification of
-    the node's List against blobs.nodes), recorded;
+  * a store node killed: reads (FetchBody) are served from the other replica;
+    replaced by an empty one, it gets every copy back (verification of the
+    node's List against blobs.nodes), recorded;
   * R=2 on 3 nodes, one node gone for good: its copies move to the third node,
     which is recorded next to the lost one;
   * the GC deletes an expunged message's blob from every node (and the orphan
@@ -34,7 +35,9 @@ from mailcluster import MailCluster  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 gen_python("store.proto")
+gen_python("router.proto")
 import grpc  # noqa: E402
+import router_pb2 as rpb  # noqa: E402
 import store_pb2 as spb  # noqa: E402
 import store_pb2_grpc as spbg  # noqa: E402
 
@@ -180,16 +183,24 @@ def wait_lease_holder(mc, timeout=30):
 def test_repair_restores_copies_on_a_replaced_empty_node(pg):
     with cluster(pg, stores=2, replicas=2) as mc:
         acct = account(mc, "alice@example.test")
-        blobs = [deliver(mc, acct, os.urandom(3000 + k) + b"msg %d" % k)[0] for k in range(12)]
+        inbox = int(one(mc, "SELECT id FROM mailboxes WHERE account_id = %d AND name = 'INBOX'" % acct))
+        bodies = [os.urandom(3000 + k) + b"msg %d" % k for k in range(12)]
         # a larger body: the copy streams it in several windows
-        big = deliver(mc, acct, os.urandom(2 * 1024 * 1024 + 17))[0]
-        blobs.append(big)
+        bodies.append(os.urandom(2 * 1024 * 1024 + 17))
+        blobs = [deliver(mc, acct, data)[0] for data in bodies]
+        big = blobs[-1]
         for b in blobs:
             assert sorted(recorded(mc, b)) == ["store1", "store2"] and has(mc, 1, b)
         wait_lease_holder(mc)
 
         # the disk of store2 is replaced: same name and port, empty data dir
         mc.kill_store(1)
+        # meanwhile reads are served from the other replica (FetchBody through the router)
+        stub = mc.router_stub(0)
+        for uid in (1, len(bodies)):
+            chunks = stub.FetchBody(rpb.FetchBodyRequest(session=rpb.Session(account_id=acct),
+                                                         mailbox_id=inbox, uid=uid), timeout=60)
+            assert b"".join(c.data for c in chunks) == bodies[uid - 1]
         shutil.rmtree(mc.store_dir(1))
         mc.start_store(1)
 
