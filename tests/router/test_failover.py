@@ -3,7 +3,8 @@ every Deliver that returned OK is in the messages table exactly once afterwards,
 with its body on the store nodes its blob row names; what failed while the database
 was away failed as UNAVAILABLE (or a per-recipient TEMPFAIL), never as a success.
 
-  * PostgreSQL stopped for a few seconds and started again while 8 streams deliver;
+  * PostgreSQL stopped for a few seconds and started again while 8 streams deliver,
+    then restarted (pg_ctl restart) under the same load;
   * a primary with a synchronous hot standby (pg_basebackup -R), the router on a
     multi-host conninfo (target_session_attrs=read-write): deliveries before, the
     primary crashes (immediate stop), the standby is promoted, deliveries after -
@@ -182,11 +183,15 @@ def test_postgres_restart_under_load():
         mc.pg.start_server("primary")
         t_up = time.monotonic()
         time.sleep(1)
-        tried, _ = wait_delivering(stub, "after")
+        tried, ok1 = wait_delivering(stub, "after")
+        time.sleep(1)
+        mc.pg.restart()                 # and a plain restart (pg_ctl restart -m fast)
+        tried2, ok2 = wait_delivering(stub, "again")
         time.sleep(2)
         load.stop()
+        tried += tried2
 
-        acked = load.acked() | {"warmup", tried[-1]}
+        acked = load.acked() | {"warmup", ok1, ok2}
         failed = load.failed()
         print("acked=%d failed=%d before_outage=%d" % (len(acked), len(failed), before))
         assert before > 0
