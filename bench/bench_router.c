@@ -17,6 +17,8 @@
  *     call, sequentially for N seconds;
  *  3. store Put of distinct 10 KiB blobs straight to store node 1 with 1, 16 and
  *     64 concurrent clients, N seconds each.
+ * pg_stat_statements (when installed) is loaded, and the statements that took the
+ * server's time during the 64-stream point are printed (pg_statement lines).
  * Prints key=value lines; the issue's target is deliveries/s at each concurrency
  * not below half the store's Put/s at the same concurrency (ratio= lines).
  * Nothing is asserted. Logs and data are removed at the end unless --keep. */
@@ -169,8 +171,9 @@ struct cluster {
 	char router_addr[64], store_addr[64];
 };
 
-/* psql - one SQL command; its unaligned output (at most size-1 bytes) in out */
-static void psql(struct cluster *cl, const char *sql, char *out, size_t size)
+/* psql_rc - one SQL command; its unaligned output (at most size-1 bytes) in out;
+ * returns psql's exit status */
+static int psql_rc(struct cluster *cl, const char *sql, char *out, size_t size)
 {
 	char *exe = xasprintf("%s/psql", pg_bin), *port = xasprintf("%d", cl->pg_port);
 	char *logf = xasprintf("%s/psql.log", cl->dir);
@@ -192,13 +195,46 @@ static void psql(struct cluster *cl, const char *sql, char *out, size_t size)
 	close(fd);
 	if (out != NULL)
 		out[n] = '\0';
-	if (wait_status(pid) != 0) {
-		fprintf(stderr, "psql failed: %s (see %s)\n", sql, logf);
-		exit(1);
-	}
+	int rc = wait_status(pid);
 	free(exe);
 	free(port);
 	free(logf);
+	return rc;
+}
+
+/* psql - the same, and the benchmark ends when it fails */
+static void psql(struct cluster *cl, const char *sql, char *out, size_t size)
+{
+	if (psql_rc(cl, sql, out, size) != 0) {
+		fprintf(stderr, "psql failed: %s (see %s/psql.log)\n", sql, cl->dir);
+		exit(1);
+	}
+}
+
+/* pg_top - the statements that took the server's time (pg_stat_statements, nested
+ * statements of the SQL functions included) since the last reset */
+static void pg_top(struct cluster *cl, const char *phase)
+{
+	char *out = xmalloc(64 * 1024);
+	if (psql_rc(cl, "SELECT calls || ' ' || round(mean_exec_time::numeric, 3) || ' ' || "
+		    "round((total_exec_time / 1000)::numeric, 2) || ' ' || "
+		    "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements "
+		    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'mail') "
+		    "ORDER BY total_exec_time DESC LIMIT 8", out, 64 * 1024) == 0) {
+		for (char *line = out, *next; line != NULL && *line != '\0'; line = next) {
+			next = strchr(line, '\n');
+			if (next != NULL)
+				*next++ = '\0';
+			long calls;
+			double mean, total;
+			int off = 0;
+			if (sscanf(line, "%ld %lf %lf %n", &calls, &mean, &total, &off) == 3 && off > 0)
+				printf("pg_statement phase=%s calls=%ld mean_ms=%.3f total_s=%.2f query=\"%s\"\n",
+				       phase, calls, mean, total, line + off);
+		}
+	}
+	free(out);
+	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
 }
 
 static void append_file(const char *path, const char *text)
@@ -236,7 +272,8 @@ static void pg_start(struct cluster *cl)
 	char *conf = xasprintf("%s/postgresql.conf", cl->pg_data);
 	char *lines = xasprintf("\n# bench_router\nlisten_addresses = ''\nunix_socket_directories = '%s'\n"
 				"port = %d\nfsync = on\nfull_page_writes = on\nsynchronous_commit = on\n"
-				"shared_buffers = 128MB\nmax_connections = 100\nlog_min_messages = warning\n",
+				"shared_buffers = 128MB\nmax_connections = 100\nlog_min_messages = warning\n"
+				"shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",
 				cl->pg_sock, cl->pg_port);
 	append_file(conf, lines);
 	char *a2[] = { pg_ctl, "-D", cl->pg_data, "-l", cl->pg_log, "-w", "-t", "60", "start", NULL };
@@ -678,6 +715,8 @@ static void provision(struct cluster *cl, uint64_t *meta_account, uint64_t *meta
 	}
 	*meta_account = a;
 	*meta_mailbox = m;
+	if (psql_rc(cl, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements", NULL, 0) != 0)
+		printf("# pg_stat_statements not available: no per-statement figures\n");
 }
 
 int main(int argc, char **argv)
@@ -742,6 +781,7 @@ int main(int argc, char **argv)
 
 	static const int streams[] = { 1, 16, 64 };
 	double deliver_rate[N_ELEMENTS(streams)];
+	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
 	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
 		double s0, c0, s1, c1;
 		db_stats(cl, &s0, &c0);
@@ -753,6 +793,12 @@ int main(int argc, char **argv)
 		       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
 		       streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors, r.done ? (c1 - c0) / (double)r.done : 0,
 		       c1 > c0 ? (s1 - s0) / (c1 - c0) * 1e3 : 0);
+		char phase[32];
+		snprintf(phase, sizeof(phase), "deliver_%d", streams[i]);
+		if (streams[i] == 64)
+			pg_top(cl, phase);   /* where the server's time went at the highest load */
+		else
+			psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
 		fflush(stdout);
 	}
 
