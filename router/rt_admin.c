@@ -98,6 +98,7 @@ struct admin_req {
 	struct evkeyvalq query;
 	bool query_parsed;
 	struct db_request *dbr;            /* the statement in flight */
+	const char *obj_kind, *obj_op;     /* admin_exec_object: "account", "account delete" */
 	bool hashing;                      /* a hash job carries our id */
 	admin_after_hash *after_hash;
 	/* operation scratch, as SQL text parameters (NULL = SQL NULL) */
@@ -513,6 +514,7 @@ static void admin_exec(struct admin_req *r, const char *stmt, int n, db_cb *cb)
 	r->dbr = db_exec(r->ad->db, stmt, n, (const char *const *)r->p, NULL, NULL, 0, cb, r);
 }
 
+
 /* admin_cell_json - a text cell holding JSON (our statements' ::text), parsed;
  * NULL for SQL NULL or garbage */
 static json_t *admin_cell_json(const PGresult *res, int row, int col)
@@ -534,6 +536,29 @@ static void admin_reply_cell(struct admin_req *r, int code, const PGresult *res,
 	if (key != NULL)
 		v = json_pack("{so}", key, v);
 	admin_reply(r, code, v, NULL);
+}
+
+/* object_done - one object's JSON in the first cell, or 404 when no row came */
+static void object_done(const struct db_result *res, void *arg)
+{
+	struct admin_req *r = arg;
+	r->dbr = NULL;
+	if (res->status != DB_OK)
+		admin_db_failed(r, res, r->obj_op);
+	else if (PQntuples(res->res) == 0)
+		admin_fail(r, 404, "not_found", NULL, "no %s %s", r->obj_kind, r->p[0]);
+	else
+		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
+}
+
+/* admin_exec_object - run a statement answering with one object of `kind`
+ * named by p[0] (show, update, delete); op names it in errors */
+static void admin_exec_object(struct admin_req *r, const char *stmt, int n, const char *kind,
+			      const char *op)
+{
+	r->obj_kind = kind;
+	r->obj_op = op;
+	admin_exec(r, stmt, n, object_done);
 }
 
 /* admin_query - a query-string parameter, or NULL */
@@ -786,18 +811,6 @@ static void h_domain_list(struct admin_req *r)
 	admin_exec(r, "admin_domain_list", 0, domain_list_done);
 }
 
-static void domain_del_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "domain delete");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no domain %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
-}
-
 /* h_domain_del - DELETE /api/v1/domains/{name}: the domain with its accounts
  * (mailboxes, messages) and aliases (ON DELETE CASCADE) */
 static void h_domain_del(struct admin_req *r)
@@ -807,7 +820,7 @@ static void h_domain_del(struct admin_req *r)
 		admin_fail(r, 404, "not_found", NULL, "no such domain");
 		return;
 	}
-	admin_exec(r, "admin_domain_del", 1, domain_del_done);
+	admin_exec_object(r, "admin_domain_del", 1, "domain", "domain delete");
 }
 
 /* ------------------------------------------------------------ accounts */
@@ -928,35 +941,11 @@ static void h_account_list(struct admin_req *r)
 	admin_exec(r, "admin_account_list", 3, account_list_done);
 }
 
-static void account_get_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "account show");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no account %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
-}
-
 /* h_account_get - GET /api/v1/accounts/{address}, with its mailboxes */
 static void h_account_get(struct admin_req *r)
 {
 	r->p[0] = xstrdup(r->arg);
-	admin_exec(r, "admin_account_get", 1, account_get_done);
-}
-
-static void account_update_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "account update");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no account %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
+	admin_exec_object(r, "admin_account_get", 1, "account", "account show");
 }
 
 /* account_update_hashed - the new hash is ready: update */
@@ -970,7 +959,7 @@ static void account_update_hashed(struct admin_req *r, const char *hash, const c
 		return;
 	}
 	r->p[1] = xstrdup(hash);
-	admin_exec(r, "admin_account_update", 5, account_update_done);
+	admin_exec_object(r, "admin_account_update", 5, "account", "account update");
 }
 
 /* h_account_patch - PATCH /api/v1/accounts/{address} {"password" | "password_hash",
@@ -1004,19 +993,7 @@ static void h_account_patch(struct admin_req *r)
 	if (present)
 		admin_hash_start(r, secret, len, import, account_update_hashed);
 	else
-		admin_exec(r, "admin_account_update", 5, account_update_done);
-}
-
-static void account_del_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "account delete");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no account %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
+		admin_exec_object(r, "admin_account_update", 5, "account", "account update");
 }
 
 /* h_account_del - DELETE /api/v1/accounts/{address}: with its mailboxes and
@@ -1024,7 +1001,7 @@ static void account_del_done(const struct db_result *res, void *arg)
 static void h_account_del(struct admin_req *r)
 {
 	r->p[0] = xstrdup(r->arg);
-	admin_exec(r, "admin_account_del", 1, account_del_done);
+	admin_exec_object(r, "admin_account_del", 1, "account", "account delete");
 }
 
 /* ------------------------------------------------------------ aliases */
@@ -1102,23 +1079,11 @@ static void h_alias_add(struct admin_req *r)
 	admin_exec(r, "admin_alias_create", 2, alias_add_done);
 }
 
-static void alias_get_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "alias show");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no alias %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
-}
-
 /* h_alias_get - GET /api/v1/aliases/{address} */
 static void h_alias_get(struct admin_req *r)
 {
 	r->p[0] = xstrdup(r->arg);
-	admin_exec(r, "admin_alias_get", 1, alias_get_done);
+	admin_exec_object(r, "admin_alias_get", 1, "alias", "alias show");
 }
 
 static void alias_list_done(const struct db_result *res, void *arg)
@@ -1147,23 +1112,11 @@ static void h_alias_list(struct admin_req *r)
 	admin_exec(r, "admin_alias_list", 1, alias_list_done);
 }
 
-static void alias_del_done(const struct db_result *res, void *arg)
-{
-	struct admin_req *r = arg;
-	r->dbr = NULL;
-	if (res->status != DB_OK)
-		admin_db_failed(r, res, "alias delete");
-	else if (PQntuples(res->res) == 0)
-		admin_fail(r, 404, "not_found", NULL, "no alias %s", r->p[0]);
-	else
-		admin_reply_cell(r, 200, res->res, 0, 0, NULL);
-}
-
 /* h_alias_del - DELETE /api/v1/aliases/{address} */
 static void h_alias_del(struct admin_req *r)
 {
 	r->p[0] = xstrdup(r->arg);
-	admin_exec(r, "admin_alias_del", 1, alias_del_done);
+	admin_exec_object(r, "admin_alias_del", 1, "alias", "alias delete");
 }
 
 /* ------------------------------------------------------------ queue */
