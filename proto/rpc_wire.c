@@ -3,6 +3,7 @@
  * a result, so each is unit-tested in tiny pieces and fuzzed. Input is
  * untrusted peer data; nothing here aborts on it. */
 #include "lib/common.h"
+#include "lib/base64.h"
 #include "lib/xalloc.h"
 #include "proto/rpc_wire.h"
 #include <stdlib.h>
@@ -266,22 +267,6 @@ char *rpc_base64_encode(const void *data, size_t len)
 	return out;
 }
 
-/* b64val - value of one base64 digit or -1 */
-static int b64val(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 char *rpc_base64_decode(const char *s, size_t len, size_t *len_r)
 {
 	if (len % 4 == 0 && len >= 1 && s[len - 1] == '=') {
@@ -295,7 +280,7 @@ char *rpc_base64_decode(const char *s, size_t len, size_t *len_r)
 	uint32_t acc = 0;
 	int bits = 0;
 	for (size_t i = 0; i < len; i++) {
-		int v = b64val(s[i]);
+		int v = base64_digit((unsigned char)s[i]);
 		if (v < 0) {
 			free(out);
 			return NULL;

@@ -4,6 +4,7 @@
  * where they are valid UTF-8 and gets U+FFFD elsewhere, so the output is
  * always valid UTF-8. Every scan is linear in the input. */
 #include "lib/common.h"
+#include "lib/base64.h"
 
 #include <stdlib.h>
 
@@ -210,21 +211,6 @@ static int hexval(uint8_t c)
 	return -1;
 }
 
-static int b64val(uint8_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 /* ew_decode - append the word's octets (still in its charset) to out */
 static void ew_decode(struct mime_buf *out, const struct encoded_word *w)
 {
@@ -246,7 +232,7 @@ static void ew_decode(struct mime_buf *out, const struct encoded_word *w)
 	uint32_t acc = 0;
 	unsigned int bits = 0;
 	for (size_t i = 0; i < w->text_len; i++) {
-		int v = b64val(w->text[i]);
+		int v = base64_digit((unsigned char)w->text[i]);
 		if (w->text[i] == '=')
 			break;
 		if (v < 0)

@@ -32,6 +32,7 @@
  * when a pool job holds it, the job's completion frees it instead.
  * ResolveRecipient is one db request (struct rsv). */
 #include "lib/common.h"
+#include "lib/base64.h"
 #include "router/router.h"
 #include "router/mime.h"
 #include "lib/daemon.h"
@@ -639,21 +640,6 @@ static char *first_mailbox(const char *raw)
 
 /* ------------------------------------------------------------------ body text */
 
-static int b64_val(uint8_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 static int hex_val(uint8_t c)
 {
 	if (c >= '0' && c <= '9')
@@ -673,7 +659,7 @@ static void cte_decode(struct sbuf *out, const char *enc, const uint8_t *p, size
 		uint32_t acc = 0;
 		int bits = 0;
 		for (size_t i = 0; i < n && out->len < max; i++) {
-			int v = b64_val(p[i]);
+			int v = base64_digit((unsigned char)p[i]);
 			if (v < 0)
 				continue;
 			acc = (acc << 6) | (uint32_t)v;
