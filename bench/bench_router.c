@@ -220,7 +220,7 @@ static void pg_top(struct cluster *cl, const char *phase)
 		    "round((total_exec_time / 1000)::numeric, 2) || ' ' || "
 		    "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements "
 		    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'mail') "
-		    "ORDER BY total_exec_time DESC LIMIT 8", out, 64 * 1024) == 0) {
+		    "ORDER BY total_exec_time DESC LIMIT 30", out, 64 * 1024) == 0) {
 		for (char *line = out, *next; line != NULL && *line != '\0'; line = next) {
 			next = strchr(line, '\n');
 			if (next != NULL)

@@ -41,6 +41,10 @@ static const struct cfg_def router_defs[] = {
 	{ "replicas", CFG_INT, "2", 1, 16, "copies of each blob (R)" },
 	{ "write_quorum", CFG_INT, "0", 0, 16, "copies fsync'd before a write succeeds (W); 0 = R" },
 	{ "max_message_size", CFG_SIZE, "50M", 1024, 1LL << 31, "largest message accepted" },
+	{ "deliver_batch_max", CFG_INT, "64", 1, 1000,
+	  "deliveries committed in one transaction at most (group commit; 1 = each alone)" },
+	{ "deliver_batch_inflight", CFG_INT, "2", 1, 64,
+	  "delivery batches being committed at once per worker thread; more wait and join one batch" },
 	{ "hash_threads", CFG_INT, "2", 1, 64, "threads verifying passwords" },
 	{ "argon2_t_cost", CFG_INT, "2", 1, 100, "Argon2id iterations of new hashes" },
 	{ "argon2_m_cost", CFG_SIZE, "19M", 8192, 1LL << 32, "Argon2id memory of new hashes" },
@@ -245,6 +249,8 @@ int main(int argc, char **argv)
 			  "replicas=%u write_quorum=%u nodes=%zu", rt->blob_opts.replicas,
 			  rt->blob_opts.write_quorum, rt->n_nodes);
 	rt->max_message_size = config_size(cfg, "max_message_size");
+	rt->deliver_batch_max = (int)config_int(cfg, "deliver_batch_max");
+	rt->deliver_batch_inflight = (int)config_int(cfg, "deliver_batch_inflight");
 	rt->pw_params = (struct password_params)PASSWORD_DEFAULT_PARAMS;
 	rt->pw_params.t_cost = (uint32_t)config_int(cfg, "argon2_t_cost");
 	rt->pw_params.m_cost_kib = (uint32_t)(config_size(cfg, "argon2_m_cost") / 1024);

@@ -32,6 +32,8 @@ struct router {
 	struct blob_cluster_opts blob_opts;
 	struct password_params pw_params;
 	uint64_t max_message_size;       /* largest message Deliver/Append accept */
+	int deliver_batch_max;           /* group commit: deliveries per transaction */
+	int deliver_batch_inflight;      /* batches committing at once per loop */
 	char admin_token[128];           /* bearer token of the admin API */
 	int nloops;                      /* workers + 1 (main) */
 	struct rt_loop **loops;          /* index = worker index; [nworkers] = main */

@@ -89,6 +89,7 @@ static struct {
 	struct metric *seconds[2];
 	struct metric *resolve[6];
 	struct metric *retries;
+	struct metric *batches, *batch_items, *batch_splits;
 } dlv_m;
 
 enum dlv_stage {
@@ -116,6 +117,7 @@ struct dlv {
 	uint8_t *buf;                   /* the message as it will be stored */
 	size_t len, cap;
 	uint64_t data_bytes;            /* body bytes received (the Received header excluded) */
+	size_t return_path_len;         /* Deliver: the Return-Path line at the start of buf */
 
 	uint64_t account_id;            /* Deliver: submitter (0 = none); Append: owner */
 	char *client_ip;                /* for the log line, as the frontend gave it */
@@ -143,7 +145,16 @@ struct dlv {
 
 	/* after the put */
 	char *nodes;                    /* text[] literal of the nodes that have it */
+	char *nodes_json;               /* the same as a JSON array */
 	char *arr_rcpts, *arr_notify, *arr_orcpt;
+
+	/* group commit (Deliver): queued in the loop's batcher, or an item of a batch
+	 * being committed; solo = commit alone with deliver_message */
+	struct dlv *bnext;
+	bool queued, solo;
+	struct dlv_batch *batch;
+	size_t batch_idx;
+	char *item_json;                /* this delivery as one mail_deliver_batch item */
 
 	/* in flight */
 	struct db_request *dbr;
@@ -843,6 +854,8 @@ static char *meta_build(const struct mime_message *m)
 /* ------------------------------------------------------------------ calls */
 
 /* dlv_new - a Deliver/Append call's state; holds the worker until freed */
+static void dlv_unbatch(struct dlv *d);
+
 static struct dlv *dlv_new(struct rpc_call *call, enum dlv_kind kind)
 {
 	struct dlv *d = XNEW(struct dlv);
@@ -861,6 +874,7 @@ static void dlv_free(struct dlv *d)
 {
 	db_request_cancel(&d->dbr);
 	blob_op_cancel(&d->op);
+	dlv_unbatch(d);
 	if (d->retry_ev != NULL)
 		event_free(d->retry_ev);
 	free(d->buf);
@@ -880,6 +894,8 @@ static void dlv_free(struct dlv *d)
 	free(d->meta);
 	free(d->text);
 	free(d->nodes);
+	free(d->nodes_json);
+	free(d->item_json);
 	free(d->arr_rcpts);
 	free(d->arr_notify);
 	free(d->arr_orcpt);
@@ -950,6 +966,7 @@ static void dlv_on_cancel(struct rpc_call *call)
 	metric_inc(dlv_m.total[d->kind][DR_CANCELLED]);
 	db_request_cancel(&d->dbr);
 	blob_op_cancel(&d->op);
+	dlv_unbatch(d); /* a batch being committed goes on without it */
 	if (d->job_pending)
 		return;
 	dlv_free(d);
@@ -1028,10 +1045,17 @@ static void dlv_put_done(const struct blob_put_result *res, void *arg)
 			   res->status == RPC_UNAVAILABLE ? RPC_UNAVAILABLE : RPC_INTERNAL, msg);
 		return;
 	}
-	struct sbuf b = { 0 };
-	for (size_t i = 0; i < res->n_nodes; i++)
+	struct sbuf b = { 0 }, j = { 0 };
+	sb_addc(&j, '[');
+	for (size_t i = 0; i < res->n_nodes; i++) {
 		pg_array_add(&b, res->nodes[i]);
+		if (i > 0)
+			sb_addc(&j, ',');
+		json_str(&j, res->nodes[i], strlen(res->nodes[i]));
+	}
+	sb_addc(&j, ']');
 	d->nodes = pg_array_end(&b);
+	d->nodes_json = sb_steal(&j);
 	dlv_commit(d);
 }
 
@@ -1082,6 +1106,13 @@ static void dlv_parse_done(void *arg)
 	if (d->call == NULL) {
 		dlv_free(d);
 		return;
+	}
+	if (d->return_path_len > 0) {
+		/* where a relayed copy starts (after the Return-Path), for the queue rows */
+		char *meta = xasprintf("{\"data_offset\":%zu%s%s", d->return_path_len,
+				       strcmp(d->meta, "{}") == 0 ? "" : ",", d->meta + 1);
+		free(d->meta);
+		d->meta = meta;
 	}
 	const char *names[BLOB_MAX_NODES];
 	if (blob_place(d->loop->blobs, d->blob_id, names, BLOB_MAX_NODES) < d->loop->rt->blob_opts.write_quorum) {
@@ -1210,39 +1241,34 @@ static void dlv_reply_results(struct dlv *d, enum dlv_result dr)
 	free(resp);
 }
 
-/* dlv_deliver_done - the transaction's outcome: one result per recipient */
-static void dlv_deliver_done(const struct db_result *r, void *arg)
+/* dlv_deliver_rows - the transaction's outcome: rows [from, to) of res, whose
+ * columns from c on are mail_deliver_message's (rcpt, target, status,
+ * account_id, mailbox_id, uid, queue_id); one result per recipient, and the
+ * reply. Ends the call. */
+static void dlv_deliver_rows(struct dlv *d, const PGresult *res, int from, int to, int c)
 {
-	struct dlv *d = arg;
-	d->dbr = NULL;
-	if (r->status != DB_OK) {
-		if (!dlv_commit_failed(d, r))
-			dlv_finish_db(d, r, "deliver");
-		return;
-	}
-	/* rows: rcpt, target, status, account_id, mailbox_id, uid, queue_id */
 	size_t *map = xcalloc(d->n_valid + 1, sizeof(*map));
 	for (size_t i = 0, k = 0; i < d->n_rcpts; i++)
 		if (d->rcpts[i].valid)
 			map[++k] = i;
-	int rows = PQntuples(r->res);
+	int rows = to - from;
 	uint64_t *accts = xcalloc((size_t)rows + 1, sizeof(*accts));
 	uint64_t *qids = xcalloc((size_t)rows + 1, sizeof(*qids));
 	size_t n_accts = 0, n_qids = 0;
-	for (int i = 0; i < rows; i++) {
-		long idx = strtol(PQgetvalue(r->res, i, 0), NULL, 10);
+	for (int i = from; i < to; i++) {
+		long idx = strtol(PQgetvalue(res, i, c), NULL, 10);
 		if (idx < 1 || (size_t)idx > d->n_valid)
 			continue;
 		struct dlv_rcpt *rc = &d->rcpts[map[idx]];
-		const char *st = PQgetvalue(r->res, i, 2);
+		const char *st = PQgetvalue(res, i, c + 2);
 		if (strcmp(st, "ok") == 0) {
 			rc->ok++;
 			rc->local++;
-			accts[n_accts++] = strtoull(PQgetvalue(r->res, i, 3), NULL, 10);
+			accts[n_accts++] = strtoull(PQgetvalue(res, i, c + 3), NULL, 10);
 		} else if (strcmp(st, "queued") == 0) {
 			rc->ok++;
 			rc->queued++;
-			qids[n_qids++] = strtoull(PQgetvalue(r->res, i, 6), NULL, 10);
+			qids[n_qids++] = strtoull(PQgetvalue(res, i, c + 6), NULL, 10);
 		} else if (strcmp(st, "over_quota") == 0) {
 			rc->quota++;
 		} else if (strcmp(st, "tempfail") == 0) {
@@ -1271,6 +1297,263 @@ static void dlv_deliver_done(const struct db_result *r, void *arg)
 		 log_quote(qf, sizeof(qf), d->mail_from, strlen(d->mail_from)), log_quote(qi, sizeof(qi), ip, strlen(ip)),
 		 d->n_rcpts, ok, copies, queued, (dlv_now() - d->t0) * 1000, (int)d->retried);
 	dlv_reply_results(d, DR_OK);
+}
+
+/* dlv_deliver_done - the outcome of a delivery committed alone */
+static void dlv_deliver_done(const struct db_result *r, void *arg)
+{
+	struct dlv *d = arg;
+	d->dbr = NULL;
+	if (r->status != DB_OK) {
+		if (!dlv_commit_failed(d, r))
+			dlv_finish_db(d, r, "deliver");
+		return;
+	}
+	dlv_deliver_rows(d, r->res, 0, PQntuples(r->res), 0);
+}
+
+/* ------------------------------------------------------------------ group commit
+ *
+ * Deliver commits are batched per loop. While deliver_batch_inflight batches
+ * are being committed, new commits wait in the loop's queue; as soon as one
+ * batch is answered, everything queued (up to deliver_batch_max items and
+ * DLV_BATCH_BYTES) goes as ONE mail_deliver_batch statement: one transaction,
+ * one WAL flush and one hold of PostgreSQL's notification lock for all of them
+ * (0006_batch.sql tells why that lock made deliveries commit one by one). A
+ * commit that finds a free slot goes at once, so a lone delivery waits for
+ * nobody. Every item keeps its own token, so the outcomes are those of
+ * separate commits:
+ *  - answered: each item gets its own rows (the item column);
+ *  - refused by the server (SQL error, deadlock, serialization failure):
+ *    nothing was committed; a batch of several is split and each item is
+ *    committed alone (deliver_message), so one bad item cannot fail the rest;
+ *  - no answer (DB_UNAVAILABLE): each item is retried once with its token,
+ *    as a lone commit would be (dlv_commit_failed).
+ * A call cancelled while its item is being committed leaves the batch (the
+ * item may still commit, as a cancelled lone commit may); a batch left empty
+ * is cancelled. */
+#define DLV_BATCH_BYTES (16 * 1024 * 1024)
+
+struct dlv_batch {
+	struct dlv_batcher *bt;
+	struct dlv **items;             /* NULL where a call left */
+	size_t n, live;
+	struct db_request *dbr;
+};
+
+struct dlv_batcher {
+	struct rt_loop *loop;
+	struct dlv *head, *tail;        /* waiting commits, FIFO (dlv.bnext) */
+	int inflight;
+};
+
+static void dlv_batch_kick(struct dlv_batcher *bt);
+
+static void json_arr_add(struct sbuf *b, size_t i, const char *s)
+{
+	if (i > 0)
+		sb_addc(b, ',');
+	if (s == NULL)
+		sb_adds(b, "null");
+	else
+		json_str(b, s, strlen(s));
+}
+
+/* dlv_item_json - this delivery as a mail_deliver_batch item (the parameters
+ * of deliver_message as one JSON object) */
+static char *dlv_item_json(const struct dlv *d)
+{
+	struct sbuf b = { 0 };
+	static const char *const arrays[3] = { "rcpts", "notify", "orcpt" };
+	sb_addc(&b, '{');
+	for (int a = 0; a < 3; a++) {
+		json_key(&b, arrays[a]);
+		sb_addc(&b, '[');
+		for (size_t i = 0, k = 0; i < d->n_rcpts; i++) {
+			const struct dlv_rcpt *rc = &d->rcpts[i];
+			if (rc->valid)
+				json_arr_add(&b, k++, a == 0 ? rc->address : a == 1 ? rc->notify : rc->orcpt);
+		}
+		sb_addc(&b, ']');
+	}
+	json_key(&b, "mail_from");
+	json_str(&b, d->mail_from, strlen(d->mail_from));
+	if (d->account_id != 0) {
+		char acct[24];
+		snprintf(acct, sizeof(acct), "%" PRIu64, d->account_id);
+		json_key(&b, "submitter");
+		sb_adds(&b, acct);
+	}
+	if (d->envid[0] != '\0')
+		json_text(&b, "envid", d->envid);
+	if (d->ret[0] != '\0')
+		json_text(&b, "ret", d->ret);
+	json_key(&b, "blob_id");
+	json_str(&b, d->blob_id, strlen(d->blob_id));
+	char size[24];
+	snprintf(size, sizeof(size), "%zu", d->len);
+	json_key(&b, "size");
+	sb_adds(&b, size);
+	json_key(&b, "meta");
+	sb_adds(&b, d->meta);
+	if (d->header_size > 0) {
+		char *hb = xmalloc(4 * ((d->header_size + 2) / 3) + 1);
+		int m = EVP_EncodeBlock((unsigned char *)hb, d->buf, (int)d->header_size);
+		json_key(&b, "header_block");
+		sb_addc(&b, '"');
+		sb_add(&b, hb, (size_t)(m > 0 ? m : 0));
+		sb_addc(&b, '"');
+		free(hb);
+	}
+	if (d->text != NULL) {
+		json_key(&b, "body_text");
+		json_str(&b, d->text, strlen(d->text));
+	}
+	json_key(&b, "nodes");
+	sb_adds(&b, d->nodes_json != NULL ? d->nodes_json : "[]");
+	json_key(&b, "token");
+	json_str(&b, d->token, strlen(d->token));
+	sb_addc(&b, '}');
+	return sb_steal(&b);
+}
+
+static struct dlv_batcher *dlv_batcher_of(const struct dlv *d)
+{
+	return d->loop->mod[DLV_SLOT];
+}
+
+/* dlv_unbatch - take d out of the queue or out of its batch (nothing if in neither) */
+static void dlv_unbatch(struct dlv *d)
+{
+	if (d->queued) {
+		struct dlv_batcher *bt = dlv_batcher_of(d);
+		struct dlv **pp = &bt->head, *prev = NULL;
+		while (*pp != d) {
+			prev = *pp;
+			pp = &(*pp)->bnext;
+		}
+		*pp = d->bnext;
+		if (bt->tail == d)
+			bt->tail = prev;
+		d->bnext = NULL;
+		d->queued = false;
+	}
+	struct dlv_batch *b = d->batch;
+	if (b != NULL) {
+		b->items[d->batch_idx] = NULL;
+		d->batch = NULL;
+		if (--b->live == 0) {
+			/* nobody waits for it any more; it may still commit on the server */
+			struct dlv_batcher *bt = b->bt;
+			db_request_cancel(&b->dbr);
+			bt->inflight--;
+			free(b->items);
+			free(b);
+			dlv_batch_kick(bt);
+		}
+	}
+}
+
+/* dlv_batch_done - hand each item its outcome, then send what queued meanwhile */
+static void dlv_batch_done(const struct db_result *r, void *arg)
+{
+	struct dlv_batch *b = arg;
+	struct dlv_batcher *bt = b->bt;
+	b->dbr = NULL;
+	bt->inflight--;
+	for (size_t i = 0; i < b->n; i++)
+		if (b->items[i] != NULL)
+			b->items[i]->batch = NULL;
+	bool split = r->status == DB_SQL_ERROR && b->n > 1;
+	if (split) {
+		metric_inc(dlv_m.batch_splits);
+		log_info("delivery batch split", "items=%zu sqlstate=%s why=\"%s\"", b->n, r->sqlstate,
+			 r->message != NULL ? r->message : "");
+	}
+	int rows = r->status == DB_OK ? PQntuples(r->res) : 0, row = 0;
+	for (size_t i = 0; i < b->n; i++) {
+		int first = row;
+		while (row < rows && strtol(PQgetvalue(r->res, row, 0), NULL, 10) == (long)i + 1)
+			row++;
+		struct dlv *d = b->items[i];
+		if (d == NULL)
+			continue;
+		if (r->status == DB_OK) {
+			dlv_deliver_rows(d, r->res, first, row, 1);
+		} else if (split) {
+			d->solo = true;
+			dlv_commit(d);
+		} else if (!dlv_commit_failed(d, r)) {
+			dlv_finish_db(d, r, "deliver");
+		}
+	}
+	free(b->items);
+	free(b);
+	dlv_batch_kick(bt);
+}
+
+/* dlv_batch_kick - send batches of what is queued while slots are free */
+static void dlv_batch_kick(struct dlv_batcher *bt)
+{
+	const struct router *rt = bt->loop->rt;
+	while (bt->head != NULL && bt->inflight < rt->deliver_batch_inflight) {
+		struct dlv_batch *b = XNEW(struct dlv_batch);
+		b->bt = bt;
+		b->items = xcalloc((size_t)rt->deliver_batch_max, sizeof(*b->items));
+		struct sbuf j = { 0 };
+		sb_addc(&j, '[');
+		while (bt->head != NULL && b->n < (size_t)rt->deliver_batch_max &&
+		       (b->n == 0 || j.len + strlen(bt->head->item_json) < DLV_BATCH_BYTES)) {
+			struct dlv *d = bt->head;
+			bt->head = d->bnext;
+			if (bt->head == NULL)
+				bt->tail = NULL;
+			d->bnext = NULL;
+			d->queued = false;
+			if (b->n > 0)
+				sb_addc(&j, ',');
+			sb_adds(&j, d->item_json);
+			d->batch = b;
+			d->batch_idx = b->n;
+			b->items[b->n++] = d;
+		}
+		sb_addc(&j, ']');
+		b->live = b->n;
+		bt->inflight++;
+		metric_inc(dlv_m.batches);
+		metric_add(dlv_m.batch_items, (double)b->n);
+		const char *values[1] = { j.d };
+		b->dbr = db_exec(bt->loop->db, "deliver_batch", 1, values, NULL, NULL, 0, dlv_batch_done, b);
+		free(j.d);
+	}
+}
+
+/* dlv_batch_enqueue - commit d with the next batch */
+static void dlv_batch_enqueue(struct dlv *d)
+{
+	struct dlv_batcher *bt = dlv_batcher_of(d);
+	if (d->item_json == NULL)
+		d->item_json = dlv_item_json(d);
+	if (bt->tail != NULL)
+		bt->tail->bnext = d;
+	else
+		bt->head = d;
+	bt->tail = d;
+	d->queued = true;
+	dlv_batch_kick(bt);
+}
+
+static void dlv_loop_init(struct rt_loop *l)
+{
+	struct dlv_batcher *bt = XNEW(struct dlv_batcher);
+	bt->loop = l;
+	l->mod[DLV_SLOT] = bt;
+}
+
+static void dlv_loop_fini(struct rt_loop *l)
+{
+	free(l->mod[DLV_SLOT]);
+	l->mod[DLV_SLOT] = NULL;
 }
 
 /* dlv_append_done - APPENDUID, or why not */
@@ -1315,6 +1598,10 @@ static void dlv_commit(struct dlv *d)
 	snprintf(size, sizeof(size), "%zu", d->len);
 	snprintf(acct, sizeof(acct), "%" PRIu64, d->account_id);
 	const char *hdr = d->header_size > 0 ? (const char *)d->buf : "";
+	if (d->kind == DLV_DELIVER && !d->solo && d->loop->rt->deliver_batch_max > 1) {
+		dlv_batch_enqueue(d);
+		return;
+	}
 	if (d->kind == DLV_DELIVER) {
 		if (d->arr_rcpts == NULL) {
 			struct sbuf a = { 0 }, n = { 0 }, o = { 0 };
@@ -1462,14 +1749,18 @@ static bool deliver_envelope(struct dlv *d, const Mail__Router__V1__Envelope *en
 	else
 		dlv_make_queue_id(d->queue_id);
 	snprintf(d->token, sizeof(d->token), "d:%s", d->queue_id);
-	/* the stored message starts with the Received header */
+	/* the stored message starts with the Return-Path (RFC 5321 4.4: the final
+	 * delivery records the reverse-path; a relayed copy is sent from after it,
+	 * outbound_queue.data_offset), then the frontend's Received header */
 	size_t rl = strlen(recv);
+	d->cap = 64 * 1024 + DLV_PATH_MAX + 20 + rl + 2;
+	d->buf = xmalloc(d->cap);
+	d->len = (size_t)snprintf((char *)d->buf, d->cap, "Return-Path: <%s>\r\n", from);
+	d->return_path_len = d->len;
 	if (rl > 0) {
 		bool crlf = recv[rl - 1] == '\n';
-		d->cap = 64 * 1024 + rl + 2;
-		d->buf = xmalloc(d->cap);
-		memcpy(d->buf, recv, rl);
-		d->len = rl;
+		memcpy(d->buf + d->len, recv, rl);
+		d->len += rl;
 		if (!crlf) {
 			memcpy(d->buf + d->len, "\r\n", 2);
 			d->len += 2;
@@ -1897,6 +2188,10 @@ static void dlv_main_init(struct router *rt, struct httpd *admin, struct httpd *
 	}
 	dlv_m.retries = metric_counter("deliver_commit_retries_total",
 				       "commits retried with the same token after a lost answer");
+	dlv_m.batches = metric_counter("deliver_batches_total", "group commits of deliveries (mail_deliver_batch)");
+	dlv_m.batch_items = metric_counter("deliver_batch_items_total", "deliveries committed in those batches");
+	dlv_m.batch_splits = metric_counter("deliver_batch_splits_total",
+					    "batches refused by the database and committed item by item");
 }
 
 static const struct rpc_method dlv_methods[] = {
@@ -1918,6 +2213,9 @@ static const struct db_stmt dlv_stmts[] = {
 	  "SELECT rcpt, target, status, account_id, mailbox_id, uid, queue_id FROM mail_deliver_message("
 	  "$1::text[], $2::text[], $3::text[], $4::text, $5::bigint, $6::text, $7::text, $8::text, $9::bigint,"
 	  " $10::jsonb, $11::bytea, $12::text, $13::text[], $14::text)", 14 },
+	{ "deliver_batch",
+	  "SELECT item, rcpt, target, status, account_id, mailbox_id, uid, queue_id FROM mail_deliver_batch($1::jsonb)",
+	  1 },
 	{ "deliver_append",
 	  "SELECT status, mailbox_id, uidvalidity, uid FROM mail_deliver(ARRAY[$1::bigint], $2::text, $3::text,"
 	  " $4::bigint, to_timestamp($5::double precision), $6::integer, $7::text[], $8::jsonb, $9::bytea,"
@@ -1937,5 +2235,7 @@ const struct rt_module rt_mod_deliver = {
 	.stmts = dlv_stmts,
 	.n_stmts = N_ELEMENTS(dlv_stmts),
 	.slot = DLV_SLOT,
+	.loop_init = dlv_loop_init,
+	.loop_fini = dlv_loop_fini,
 	.main_init = dlv_main_init,
 };

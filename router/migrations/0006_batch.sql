@@ -150,6 +150,101 @@ BEGIN
 						    uidvalidity bigint, uid bigint, modseq bigint);
 END $$;
 
+-- The Return-Path. A Deliver's blob starts with "Return-Path: <reverse-path>"
+-- (RFC 5321 4.4: the final delivery records it), which a relayed copy must not
+-- carry: outbound_queue.data_offset is where the relayed data starts in the blob
+-- (0 for older rows); size is then the relayed size. The router passes it in
+-- p_meta ('data_offset'), so mail_deliver_message keeps its arguments.
+ALTER TABLE outbound_queue ADD COLUMN data_offset bigint NOT NULL DEFAULT 0 CHECK (data_offset >= 0);
+
+-- mail_deliver_message - as in 0004, with outbound_queue.data_offset from
+-- p_meta->>'data_offset'.
+CREATE OR REPLACE FUNCTION mail_deliver_message(p_rcpts text[], p_notify text[], p_orcpt text[],
+				     p_mail_from text, p_submitter bigint, p_envid text, p_ret text,
+				     p_blob_id text, p_size bigint, p_meta jsonb, p_header_block bytea,
+				     p_body_text text, p_nodes text[], p_token text)
+RETURNS TABLE (rcpt integer, target text, status text, account_id bigint, mailbox_id bigint,
+	       uid bigint, queue_id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+	v_relay boolean := p_submitter IS NOT NULL AND EXISTS (
+		SELECT 1 FROM accounts a WHERE a.id = p_submitter AND NOT a.disabled);
+	v_r_rcpt integer[];
+	v_r_kind text[];
+	v_r_target text[];
+	v_r_acct bigint[];
+	v_r_via boolean[];
+	v_accts bigint[];
+	v_d_acct bigint[];
+	v_d_status text[];
+	v_d_mb bigint[];
+	v_d_uid bigint[];
+	v_queue jsonb := '{}';
+	v_fresh boolean := true;
+	v_offset bigint := least(greatest(coalesce((p_meta->>'data_offset')::bigint, 0), 0), p_size);
+BEGIN
+	SELECT array_agg(r.rcpt), array_agg(r.kind), array_agg(r.target), array_agg(r.account_id),
+	       array_agg(r.via_alias)
+	INTO v_r_rcpt, v_r_kind, v_r_target, v_r_acct, v_r_via
+	FROM mail_resolve(p_rcpts, p_size) AS r;
+
+	SELECT array_agg(DISTINCT u.a) INTO v_accts
+	FROM unnest(v_r_kind, v_r_acct) AS u(k, a) WHERE u.k = 'account';
+
+	-- local copies (always called: it records the token even with no account)
+	SELECT array_agg(d.account_id), array_agg(d.status), array_agg(d.mailbox_id), array_agg(d.uid)
+	INTO v_d_acct, v_d_status, v_d_mb, v_d_uid
+	FROM mail_deliver(coalesce(v_accts, '{}'), 'INBOX', p_blob_id, p_size, NULL, 0, NULL,
+			  p_meta, p_header_block, p_body_text, p_nodes, p_token) AS d;
+
+	-- remote copies
+	IF p_token IS NOT NULL THEN
+		INSERT INTO delivery_tokens (token) VALUES ('q:' || p_token) ON CONFLICT (token) DO NOTHING;
+		v_fresh := FOUND;
+	END IF;
+	IF v_fresh THEN
+		IF EXISTS (SELECT 1 FROM unnest(v_r_kind, v_r_via) AS u(k, via)
+			   WHERE u.k = 'remote' AND (u.via OR v_relay)) THEN
+			-- lock order: accounts, mailboxes (mail_deliver above), then the blob
+			INSERT INTO blobs (id, size, nodes) VALUES (p_blob_id, p_size, coalesce(p_nodes, '{}'))
+			ON CONFLICT (id) DO UPDATE
+			SET nodes = ARRAY(SELECT DISTINCT n FROM unnest(blobs.nodes || EXCLUDED.nodes) AS n ORDER BY n);
+			WITH ins AS (
+				INSERT INTO outbound_queue (blob_id, account_id, mail_from, rcpt, domain, size,
+							    envid, ret, notify, orcpt, data_offset)
+				SELECT DISTINCT ON (u.t) p_blob_id, CASE WHEN v_relay THEN p_submitter END,
+				       coalesce(p_mail_from, ''), u.t, split_part(u.t, '@', 2), p_size - v_offset,
+				       nullif(p_envid, ''), nullif(p_ret, ''), nullif(p_notify[u.rc], ''),
+				       nullif(p_orcpt[u.rc], ''), v_offset
+				FROM unnest(v_r_rcpt, v_r_kind, v_r_target, v_r_via) AS u(rc, k, t, via)
+				WHERE u.k = 'remote' AND (u.via OR v_relay)
+				ORDER BY u.t, u.rc
+				RETURNING outbound_queue.id AS qid, outbound_queue.rcpt AS qrcpt
+			)
+			SELECT coalesce(jsonb_object_agg(ins.qrcpt, ins.qid), '{}') INTO v_queue FROM ins;
+		END IF;
+		IF p_token IS NOT NULL THEN
+			UPDATE delivery_tokens SET result = v_queue WHERE token = 'q:' || p_token;
+		END IF;
+	ELSE
+		SELECT coalesce(t.result, '{}') INTO v_queue FROM delivery_tokens t WHERE t.token = 'q:' || p_token;
+	END IF;
+
+	RETURN QUERY
+	SELECT u.rc, u.t,
+	       CASE u.k
+		WHEN 'account' THEN CASE WHEN d.st IS NULL OR d.st = 'no_mailbox' THEN 'tempfail' ELSE d.st END
+		WHEN 'remote' THEN CASE WHEN NOT (u.via OR v_relay) THEN 'relay_denied'
+				       WHEN v_queue ? u.t THEN 'queued' ELSE 'tempfail' END
+		ELSE u.k END,
+	       u.a, d.mb, d.uid, (v_queue ->> u.t)::bigint
+	FROM unnest(v_r_rcpt, v_r_kind, v_r_target, v_r_acct, v_r_via) WITH ORDINALITY
+		AS u(rc, k, t, a, via, o)
+	LEFT JOIN unnest(v_d_acct, v_d_status, v_d_mb, v_d_uid) AS d(a, st, mb, uid) ON d.a = u.a
+	ORDER BY u.o;
+END $$;
+
 -- mail_deliver_batch - the final deliveries of several SMTP transactions in ONE
 -- transaction: what mail_deliver_message does for each item, in item order.
 -- p_items: a JSON array of objects {rcpts, notify, orcpt (arrays of strings),
