@@ -63,7 +63,17 @@
  * its body.
  *
  * Housekeeping: mail_housekeep (old delivery tokens, expired maildrop locks,
- * stale auth failures) every JOBS_HOUSEKEEP_MS, and at once on taking the lease. */
+ * stale auth failures) every JOBS_HOUSEKEEP_MS, and at once on taking the lease.
+ * Under the same lease, expunged-row pruning (0007_prune.sql): the QRESYNC rows of
+ * table expunged older than the retention (JOBS_EXPUNGED_RETENTION_MS, 30 days)
+ * are deleted, a pass over the mailboxes that have such rows at most every
+ * JOBS_PRUNE_PASS_MS (and at once on taking the lease), in steps of at most
+ * JOBS_PRUNE_MAILBOXES mailboxes and JOBS_PRUNE_BATCH rows, one after the other.
+ * The statement records per mailbox the highest modseq it deleted, so that a
+ * QRESYNC client older than that still gets every vanished uid (as a superset);
+ * it skips a mailbox whose row is locked rather than wait, and the cursor (a
+ * mailbox id) is ours only: a new tenure starts a new pass.
+ * Metric: expunged_pruned_total. */
 #include "lib/common.h"
 #include "router/router.h"
 #include "lib/config.h"
@@ -94,6 +104,13 @@
 #define JOBS_GC_DELETE_WINDOW_MS 60000  /* no node delete later than this after the claim */
 #define JOBS_GC_RETRY_MS 60000          /* a blob whose copies could not all go: retry after */
 #define JOBS_HOUSEKEEP_MS 60000         /* housekeeping interval */
+/* expunged rows (QRESYNC VANISHED) are kept this long. TODO(main.c): the router
+ * config key expunged_retention (CFG_DURATION, default 30d) is to replace this
+ * built-in value once router/main.c declares it */
+#define JOBS_EXPUNGED_RETENTION_MS (30LL * 86400 * 1000)
+#define JOBS_PRUNE_PASS_MS 3600000       /* a new expunged-pruning pass at most this often */
+#define JOBS_PRUNE_MAILBOXES 500         /* mailboxes visited per pruning step */
+#define JOBS_PRUNE_BATCH 10000           /* expunged rows deleted per pruning step */
 #define JOBS_CLAIM_MAX 40               /* a GC claim's text */
 
 enum jobs_job { JOB_REPAIR, JOB_GC, JOB_HOUSEKEEP, JOB_COUNT };
@@ -198,11 +215,18 @@ struct jobs {
 	/* housekeeping */
 	struct db_request *hk_req;
 	int64_t hk_next_ms;
+	/* expunged pruning */
+	int64_t expunged_keep_ms;
+	struct db_request *pr_req;
+	int64_t pr_next_ms;
+	char pr_cursor[24];     /* last mailbox id visited this pass ("0": none yet) */
+	long long pr_pass_rows;
 };
 
 static struct {
 	struct metric *repair_copies, *repair_failed, *repair_missing;
 	struct metric *gc_deleted, *gc_kept, *housekeep_rows, *placement_recorded;
+	struct metric *expunged_pruned;
 } jobs_m;
 
 static void jobs_kick(struct jobs *j);
@@ -971,6 +995,56 @@ static void hk_run(struct jobs *j, int64_t now)
 	j->hk_req = db_exec(j->db, "jobs_housekeep", 1, v, NULL, NULL, 0, hk_done, j);
 }
 
+/* pr_done - one pruning step answered: go on at once, or the pass is over */
+static void pr_done(const struct db_result *r, void *arg)
+{
+	struct jobs *j = arg;
+	char q[200];
+	int64_t now = jobs_now_ms();
+	j->pr_req = NULL;
+	if (r->status != DB_OK) {
+		log_info("expunged pruning failed", "error=%s", jobs_quote_msg(q, r->message));
+		j->pr_next_ms = now + JOBS_LEASE_RENEW_MS;
+		return;
+	}
+	if (PQntuples(r->res) != 1) {
+		/* the database says the lease is not ours: the lease renewal will tell */
+		j->pr_next_ms = now + JOBS_LEASE_RENEW_MS;
+		return;
+	}
+	long long n = strtoll(PQgetvalue(r->res, 0, 1), NULL, 10);
+	if (n > 0) {
+		j->pr_pass_rows += n;
+		metric_add(jobs_m.expunged_pruned, (double)n);
+	}
+	if (PQgetisnull(r->res, 0, 0)) {
+		if (j->pr_pass_rows > 0)
+			log_info("expunged rows pruned", "removed=%lld retention_ms=%" PRId64, j->pr_pass_rows,
+				 j->expunged_keep_ms);
+		j->pr_pass_rows = 0;
+		snprintf(j->pr_cursor, sizeof(j->pr_cursor), "0");
+		j->pr_next_ms = now + JOBS_PRUNE_PASS_MS;
+		return;
+	}
+	snprintf(j->pr_cursor, sizeof(j->pr_cursor), "%s", PQgetvalue(r->res, 0, 0));
+	j->pr_next_ms = now;
+	jobs_kick(j);
+}
+
+/* pr_run - the next pruning step when one is due */
+static void pr_run(struct jobs *j, int64_t now)
+{
+	if (j->pr_req != NULL || now < j->pr_next_ms)
+		return;
+	char keep[24], mbs[16], lim[16];
+	snprintf(keep, sizeof(keep), "%" PRId64, j->expunged_keep_ms);
+	snprintf(mbs, sizeof(mbs), "%d", JOBS_PRUNE_MAILBOXES);
+	snprintf(lim, sizeof(lim), "%d", JOBS_PRUNE_BATCH);
+	const char *v[5] = { j->rt->node_id, j->pr_cursor, keep, mbs, lim };
+	metric_inc(j->lease[JOB_HOUSEKEEP].m_steps);
+	j->pr_req = db_exec(j->db, "jobs_prune_expunged", 5, v, NULL, NULL, 0, pr_done, j);
+}
+
 /* ------------------------------------------------------------ leases */
 
 /* lease_acquired - a new tenure: every job starts from the beginning, now */
@@ -987,6 +1061,9 @@ static void lease_acquired(struct jobs *j, enum jobs_job k, int64_t now)
 		break;
 	case JOB_HOUSEKEEP:
 		j->hk_next_ms = now;
+		j->pr_next_ms = now;
+		j->pr_pass_rows = 0;
+		snprintf(j->pr_cursor, sizeof(j->pr_cursor), "0");
 		break;
 	case JOB_COUNT:
 		break;
@@ -1096,8 +1173,10 @@ static void jobs_run(struct jobs *j)
 		gc_run(j, now);
 	else
 		gc_stop(j);
-	if (jobs_held(j, JOB_HOUSEKEEP, now))
+	if (jobs_held(j, JOB_HOUSEKEEP, now)) {
 		hk_run(j, now);
+		pr_run(j, now);
+	}
 }
 
 static void jobs_tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -1127,6 +1206,8 @@ static void jobs_metrics_init(struct jobs *j)
 	jobs_m.housekeep_rows = metric_counter("housekeep_rows_total", "rows removed by housekeeping");
 	jobs_m.placement_recorded = metric_counter("blob_placement_recorded_total",
 						   "late copies and read repairs recorded in blobs.nodes");
+	jobs_m.expunged_pruned = metric_counter("expunged_pruned_total",
+						"expunged rows (QRESYNC) deleted after the retention");
 	for (int k = 0; k < JOB_COUNT; k++) {
 		char name[96];
 		snprintf(name, sizeof(name), "job_lease_held{job=\"%s\"}", jobs_names[k]);
@@ -1153,14 +1234,16 @@ static void jobs_loop_init(struct rt_loop *l)
 	j->grace_ms = config_duration_ms(rt->cfg, "blob_gc_grace");
 	j->gc_interval_ms = MAIL_MIN(MAIL_MAX(j->grace_ms / 4, JOBS_GC_INTERVAL_MIN_MS),
 				     JOBS_GC_INTERVAL_MAX_MS);
+	j->expunged_keep_ms = JOBS_EXPUNGED_RETENTION_MS;
+	snprintf(j->pr_cursor, sizeof(j->pr_cursor), "0");
 	jobs_metrics_init(j);
 	j->tick_ev = event_new(l->base, -1, EV_PERSIST, jobs_tick_cb, j);
 	j->kick_ev = event_new(l->base, -1, 0, jobs_tick_cb, j);
 	struct timeval tick_tv = { JOBS_TICK_MS / 1000, (JOBS_TICK_MS % 1000) * 1000 };
 	event_add(j->tick_ev, &tick_tv);
 	jobs_kick(j); /* the first lease request at once */
-	log_info("background jobs ready", "holder=%s gc_grace_ms=%" PRId64 " lease_ms=%d",
-		 rt->node_id, j->grace_ms, JOBS_LEASE_MS);
+	log_info("background jobs ready", "holder=%s gc_grace_ms=%" PRId64 " expunged_retention_ms=%" PRId64
+		 " lease_ms=%d", rt->node_id, j->grace_ms, j->expunged_keep_ms, JOBS_LEASE_MS);
 }
 
 static void jobs_loop_fini(struct rt_loop *l)
@@ -1174,6 +1257,7 @@ static void jobs_loop_fini(struct rt_loop *l)
 	gc_stop(j);
 	db_request_cancel(&j->lease_req);
 	db_request_cancel(&j->hk_req);
+	db_request_cancel(&j->pr_req);
 	event_free(j->tick_ev);
 	event_free(j->kick_ev);
 	free(j);
@@ -1194,6 +1278,9 @@ static const struct db_stmt jobs_stmts[] = {
 	  "SELECT blob_id, nodes, claim FROM mail_job_blob_gc_claim($1, $2::bigint, $3::integer)", 3 },
 	{ "jobs_gc_finish", "SELECT mail_job_blob_gc_finish($1, $2, $3::text[], $4::integer)", 4 },
 	{ "jobs_housekeep", "SELECT mail_job_housekeep($1)", 1 },
+	{ "jobs_prune_expunged",
+	  "SELECT last_mailbox, pruned FROM mail_job_prune_expunged($1, $2::bigint, $3::bigint, "
+	  "$4::integer, $5::integer)", 5 },
 };
 
 const struct rt_module rt_mod_jobs = {

@@ -7,10 +7,14 @@
  * _delete in router/migrations/0001_init.sql, rename replaced by 0003), SELECT is
  * mail_select (0003_mailbox.sql: the header, the keyword table and every message's
  * uid/modseq/flags in one consistent snapshot, \Recent claimed only by a
- * read-write SELECT), STATUS reads the exact counters the triggers keep (only the
- * \Recent count looks at messages, through a bounded primary key range of the
- * unclaimed uids). Every statement names the session's account, so a mailbox
- * of another account is never found, let alone touched.
+ * read-write SELECT) for the classic one-reply form, or mail_select_page
+ * (0007_prune.sql) for the runs form: one page of uid runs per call, so a mailbox
+ * of any size can be opened (the paging contract is in proto/router.proto; a page
+ * is cut here again to fit MBX_SELECT_PAGE_BYTES). STATUS reads the exact
+ * counters the triggers keep (only the \Recent count looks at messages, through
+ * a bounded primary key range of the unclaimed uids). Every statement names the
+ * session's account, so a mailbox of another account is never found, let alone
+ * touched.
  *
  * Names from the front-end are checked here before they reach SQL (UTF-8, '/'
  * hierarchy without empty components, length and depth limits, no control
@@ -41,16 +45,20 @@
  * it is min(messages, unclaimed uids), exact unless recent ones were expunged */
 #define MBX_RECENT_EXACT "1000"
 #define MBX_SLOT 2
+/* Select, runs form: messages per page (SQL) and bytes per reply; the classic
+ * form answers CANNOT rather than send a reply past RPC_DEFAULT_MAX_MESSAGE */
+#define MBX_SELECT_PAGE_MAX 200000
+#define MBX_SELECT_PAGE_BYTES (3u * 1024 * 1024)
 
 #define CODE(x) MAIL__ROUTER__V1__CODE__CODE_##x
 typedef Mail__Router__V1__Code mbx_code;
 
 enum mbx_op {
 	MBX_LIST, MBX_CREATE, MBX_DELETE, MBX_RENAME, MBX_SUBSCRIBE, MBX_STATUS, MBX_SELECT,
-	MBX_QUOTA, MBX_N_OPS
+	MBX_QUOTA, MBX_SELECT_RUNS, MBX_N_OPS
 };
 static const char *const mbx_op_names[MBX_N_OPS] = {
-	"list", "create", "delete", "rename", "subscribe", "status", "select", "quota"
+	"list", "create", "delete", "rename", "subscribe", "status", "select", "quota", "select_runs"
 };
 
 /* RFC 6154 special-use attributes, as the schema's CHECK spells them */
@@ -70,6 +78,8 @@ struct mbx_req {
 	size_t n_names;
 	char **asked;			/* the names as the front-end wrote them (echoed) */
 	size_t *slot_of;		/* position in the SQL array -> request index */
+	/* SELECT, runs form */
+	uint32_t after_uid;		/* 0: the first page */
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -322,7 +332,8 @@ static bool mbx_reply_code(struct mbx_req *req, mbx_code code)
 		mbx_reply(req, &rep.base);
 		return true;
 	}
-	case MBX_SELECT: {
+	case MBX_SELECT:
+	case MBX_SELECT_RUNS: {
 		Mail__Router__V1__SelectReply rep = MAIL__ROUTER__V1__SELECT_REPLY__INIT;
 		rep.code = code;
 		mbx_reply(req, &rep.base);
@@ -337,10 +348,11 @@ static void list_done(struct mbx_req *req, const PGresult *res);
 static void change_done(struct mbx_req *req, const PGresult *res);
 static void status_done(struct mbx_req *req, const PGresult *res);
 static void select_done(struct mbx_req *req, const PGresult *res);
+static void select_runs_done(struct mbx_req *req, const PGresult *res);
 static void quota_done(struct mbx_req *req, const PGresult *res);
 
 /* columns each statement's result must have (a shorter one is a schema bug) */
-static const int mbx_min_fields[MBX_N_OPS] = { 4, 1, 1, 1, 1, 9, 11, 4 };
+static const int mbx_min_fields[MBX_N_OPS] = { 4, 1, 1, 1, 1, 9, 11, 4, 13 };
 
 /* mbx_db_done - a statement's outcome: protocol codes, errors, or the rows */
 static void mbx_db_done(const struct db_result *r, void *arg)
@@ -383,6 +395,9 @@ static void mbx_db_done(const struct db_result *r, void *arg)
 		break;
 	case MBX_SELECT:
 		select_done(req, r->res);
+		break;
+	case MBX_SELECT_RUNS:
+		select_runs_done(req, r->res);
 		break;
 	case MBX_QUOTA:
 	case MBX_N_OPS:
@@ -792,7 +807,8 @@ static void status_done(struct mbx_req *req, const PGresult *res)
 
 /* ------------------------------------------------------------------ Select */
 
-/* select_on_message - SELECT (claims \Recent) or EXAMINE (readonly) */
+/* select_on_message - SELECT (claims \Recent) or EXAMINE (readonly), in the
+ * classic form (one reply) or the runs form (pages of uid runs) */
 static void select_on_message(struct rpc_call *call, const uint8_t *msg, size_t len)
 {
 	struct mbx_req *req = mbx_begin(call, MBX_SELECT);
@@ -803,20 +819,44 @@ static void select_on_message(struct rpc_call *call, const uint8_t *msg, size_t 
 		mbx_finish(req, RPC_INVALID_ARGUMENT, "malformed SelectRequest");
 		return;
 	}
-	if (mbx_session(req, m->session)) {
-		req->flag = m->readonly;
-		req->name = mbx_name_norm(m->name, false);
-		if (req->name == NULL) {
-			mbx_reply_code(req, CODE(NO_SUCH_MAILBOX));
-		} else if (m->changed_since > (uint64_t)INT64_MAX) {
-			mbx_finish(req, RPC_INVALID_ARGUMENT, "changed_since out of range");
-		} else {
-			char since[24];
-			snprintf(since, sizeof(since), "%" PRIu64, m->changed_since);
-			const char *v[] = { req->acct, req->name, req->flag ? "f" : "t", since };
-			mbx_exec(req, "mailbox_select", 4, v);
-		}
+	if (!mbx_session(req, m->session))
+		goto out;
+	if (!m->runs && (m->after_uid != 0 || m->uid_below != 0 || m->recent_from != 0 || m->limit != 0)) {
+		mbx_finish(req, RPC_INVALID_ARGUMENT, "paging fields need runs");
+		goto out;
 	}
+	if (m->changed_since > (uint64_t)INT64_MAX) {
+		mbx_finish(req, RPC_INVALID_ARGUMENT, "changed_since out of range");
+		goto out;
+	}
+	req->op = m->runs ? MBX_SELECT_RUNS : MBX_SELECT;
+	req->flag = m->readonly;
+	req->after_uid = m->after_uid;
+	req->name = mbx_name_norm(m->name, false);
+	if (req->name == NULL) {
+		mbx_reply_code(req, CODE(NO_SUCH_MAILBOX));
+		goto out;
+	}
+	char since[24];
+	snprintf(since, sizeof(since), "%" PRIu64, m->changed_since);
+	if (!m->runs) {
+		const char *v[] = { req->acct, req->name, req->flag ? "f" : "t", since };
+		mbx_exec(req, "mailbox_select", 4, v);
+		goto out;
+	}
+	char after[16], below[16], recent[16], limit[16];
+	uint32_t lim = m->limit == 0 || m->limit > MBX_SELECT_PAGE_MAX ? MBX_SELECT_PAGE_MAX : m->limit;
+	snprintf(after, sizeof(after), "%" PRIu32, m->after_uid);
+	/* a uidnext of 2^32 (every uid used) was sent clamped to UINT32_MAX */
+	if (m->uid_below == UINT32_MAX)
+		snprintf(below, sizeof(below), "4294967296");
+	else
+		snprintf(below, sizeof(below), "%" PRIu32, m->uid_below);
+	snprintf(recent, sizeof(recent), "%" PRIu32, m->recent_from);
+	snprintf(limit, sizeof(limit), "%" PRIu32, lim);
+	const char *v[] = { req->acct, req->name, req->flag ? "f" : "t", since, after, below, recent, limit };
+	mbx_exec(req, "mailbox_select_page", 8, v);
+out:
 	mail__router__v1__select_request__free_unpacked(m, NULL);
 }
 
@@ -987,10 +1027,17 @@ static void select_done(struct mbx_req *req, const PGresult *res)
 		}
 		rep.vanished = &vanished;
 	}
+	rep.first_recent_uid = first_recent > UINT32_MAX ? UINT32_MAX : (uint32_t)first_recent;
 	size_t size = protobuf_c_message_get_packed_size(&rep.base);
-	if (size > RPC_DEFAULT_MAX_MESSAGE)
-		log_warn("large select reply", "call=%" PRIu64 " mailbox=%" PRIu64 " messages=%zu bytes=%zu",
-			 rpc_call_id(req->call), rep.mailbox_id, k, size);
+	if (size > RPC_DEFAULT_MAX_MESSAGE) {
+		/* a front-end would refuse it (RESOURCE_EXHAUSTED on its side): say
+		 * CANNOT instead; the runs form opens a mailbox of any size */
+		log_info("select reply too large for the classic form: use runs",
+			 "call=%" PRIu64 " account=%" PRIu64 " mailbox=%" PRIu64 " messages=%zu bytes=%zu",
+			 rpc_call_id(req->call), req->account_id, rep.mailbox_id, k, size);
+		mbx_reply_code(req, CODE(CANNOT));
+		goto out;
+	}
 	log_debug("mailbox selected", "call=%" PRIu64 " account=%" PRIu64 " mailbox=%" PRIu64
 		  " readonly=%d messages=%zu", rpc_call_id(req->call), req->account_id, rep.mailbox_id,
 		  (int)req->flag, k);
@@ -1002,6 +1049,219 @@ out:
 	free(states);
 	free(ptrs);
 	free(idx);
+}
+
+/* one MessageRun as mail_select_page returned it; kw points into a shared array */
+struct mbx_run {
+	uint32_t first, last;
+	uint64_t modseq;
+	uint32_t flags;
+	uint32_t *kw;
+	size_t n_kw;
+};
+
+static int mbx_run_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct mbx_run *)a)->first, y = ((const struct mbx_run *)b)->first;
+	return x < y ? -1 : x > y;
+}
+
+/* mbx_field_size - bytes of a length-delimited field of n payload bytes (one-byte tag) */
+static size_t mbx_field_size(size_t n)
+{
+	size_t v = 1;
+	for (size_t x = n; x >= 0x80; x >>= 7)
+		v++;
+	return 1 + v + n;
+}
+
+/* select_runs_done - one page of the runs form from mail_select_page's rows (see
+ * 0007_prune.sql), cut again to MBX_SELECT_PAGE_BYTES: runs and vanished ranges are
+ * taken in uid order while they fit (at least one), and only the keywords the taken
+ * runs use are sent. A cut page says more, and continue_after is the last uid it
+ * covers, so the next page starts exactly there. */
+static void select_runs_done(struct mbx_req *req, const PGresult *res)
+{
+	int rows = PQntuples(res);
+	int hrow = -1;
+	size_t n_run = 0, n_kw = 0, n_idx = 0;
+	for (int r = 0; r < rows; r++) {
+		const char *kind = PQgetvalue(res, r, 0);
+		if (kind[0] == 'h') {
+			hrow = r;
+		} else if (kind[0] == 'k') {
+			n_kw++;
+		} else if (kind[0] == 'r') {
+			n_run++;
+			if (!PQgetisnull(res, r, 5))
+				for (const char *p = PQgetvalue(res, r, 5); *p != '\0'; p++)
+					n_idx += *p == ',' || *p == '{';
+		}
+	}
+	if (hrow < 0) {
+		mbx_reply_code(req, CODE(NO_SUCH_MAILBOX));
+		return;
+	}
+	Mail__Router__V1__SelectReply rep = MAIL__ROUTER__V1__SELECT_REPLY__INIT;
+	char **sql_kw = xcalloc(n_kw + 1, sizeof(*sql_kw));
+	int64_t *kw_map = xcalloc(n_kw + 1, sizeof(*kw_map));	/* SQL index -> reply index, -1 */
+	char **out_kw = xcalloc(n_kw + 1, sizeof(*out_kw));
+	struct mbx_run *runs = xcalloc(n_run + 1, sizeof(*runs));
+	uint32_t *idx = xcalloc(n_idx + 1, sizeof(*idx));
+	Mail__Router__V1__MessageRun *msgs = xcalloc(n_run + 1, sizeof(*msgs));
+	Mail__Router__V1__MessageRun **ptrs = xcalloc(n_run + 1, sizeof(*ptrs));
+	Mail__Router__V1__UidSet vanished = MAIL__ROUTER__V1__UID_SET__INIT;
+	Mail__Router__V1__UidRange *vr = NULL, **vptrs = NULL;
+	size_t n_van = 0;
+	const char *bad = NULL;
+
+	rep.mailbox_id = mbx_u64(res, hrow, 6);
+	rep.uidvalidity = mbx_u32(res, hrow, 7);
+	rep.uidnext = mbx_u32(res, hrow, 8);
+	rep.highestmodseq = mbx_u64(res, hrow, 3);
+	uint64_t first_recent = mbx_u64(res, hrow, 9);
+	rep.first_recent_uid = first_recent > UINT32_MAX ? UINT32_MAX : (uint32_t)first_recent;
+	bool sql_more = strcmp(PQgetvalue(res, hrow, 12), "t") == 0;
+	uint32_t sql_last = mbx_u32(res, hrow, 1);
+	if (sql_more && sql_last <= req->after_uid)
+		bad = "page end";
+
+	for (int r = 0; r < rows && bad == NULL; r++) {
+		if (PQgetvalue(res, r, 0)[0] != 'k')
+			continue;
+		uint64_t i = mbx_u64(res, r, 1);
+		if (i >= n_kw || sql_kw[i] != NULL)
+			bad = "keyword index";
+		else
+			sql_kw[i] = PQgetvalue(res, r, 11);
+	}
+	size_t k = 0, used = 0;
+	bool sorted = true;
+	for (int r = 0; r < rows && bad == NULL; r++) {
+		if (PQgetvalue(res, r, 0)[0] != 'r')
+			continue;
+		struct mbx_run *u = &runs[k];
+		u->first = mbx_u32(res, r, 1);
+		u->last = mbx_u32(res, r, 2);
+		u->modseq = mbx_u64(res, r, 3);
+		u->flags = (uint32_t)mbx_u64(res, r, 4) & 31;
+		if (u->first <= req->after_uid || u->last < u->first) {
+			bad = "run bounds";
+			break;
+		}
+		if (first_recent > 0 && u->first >= first_recent)
+			u->flags |= MAIL__ROUTER__V1__FLAG__FLAG_RECENT;
+		u->kw = &idx[used];
+		if (!PQgetisnull(res, r, 5)) {
+			const char *p = PQgetvalue(res, r, 5);
+			int64_t v;
+			while ((v = mbx_int_array_next(&p)) >= 0 && used < n_idx) {
+				if ((uint64_t)v >= n_kw) {
+					bad = "run keyword index";
+					break;
+				}
+				idx[used++] = (uint32_t)v;
+				u->n_kw++;
+			}
+		}
+		if (k > 0 && runs[k - 1].first >= u->first)
+			sorted = false;
+		k++;
+	}
+	if (!sorted)
+		qsort(runs, k, sizeof(*runs), mbx_run_cmp);
+	for (size_t i = 1; i < k && bad == NULL; i++)
+		if (runs[i].first <= runs[i - 1].last)
+			bad = "overlapping runs";
+	if (bad == NULL && !PQgetisnull(res, hrow, 10) && PQgetvalue(res, hrow, 10)[0] != '\0' &&
+	    !mbx_uidset_parse(PQgetvalue(res, hrow, 10), &vr, &vptrs, &n_van))
+		bad = "vanished set";
+	if (bad != NULL) {
+		log_error("mail_select_page returned an inconsistent result", "call=%" PRIu64 " what=\"%s\"",
+			  rpc_call_id(req->call), bad);
+		mbx_finish(req, RPC_INTERNAL, "unexpected database result");
+		goto out;
+	}
+
+	/* runs and vanished ranges are disjoint and ascending: take them in uid order */
+	for (size_t i = 0; i < n_kw; i++)
+		kw_map[i] = -1;
+	size_t total = 128, ri = 0, vi = 0, n_out_kw = 0, n_out_van = 0;
+	uint32_t covered = 0;
+	bool cut = false;
+	while (ri < k || vi < n_van) {
+		bool take_run = vi >= n_van || (ri < k && runs[ri].first < vptrs[vi]->first);
+		size_t size;
+		if (take_run) {
+			struct mbx_run *u = &runs[ri];
+			Mail__Router__V1__MessageRun *mr = &msgs[ri];
+			mail__router__v1__message_run__init(mr);
+			mr->first = u->first;
+			mr->last = u->last;
+			mr->modseq = u->modseq;
+			mr->flags = u->flags;
+			mr->n_keywords = u->n_kw;
+			mr->keywords = u->kw;
+			size = mbx_field_size(protobuf_c_message_get_packed_size(&mr->base));
+			for (size_t x = 0; x < u->n_kw; x++)
+				if (kw_map[u->kw[x]] < 0)
+					size += mbx_field_size(strlen(sql_kw[u->kw[x]]));
+		} else {
+			size = mbx_field_size(protobuf_c_message_get_packed_size(&vptrs[vi]->base));
+		}
+		if (total + size > MBX_SELECT_PAGE_BYTES && ri + vi > 0) {
+			cut = true;
+			break;
+		}
+		total += size;
+		if (take_run) {
+			struct mbx_run *u = &runs[ri];
+			for (size_t x = 0; x < u->n_kw; x++) {
+				uint32_t s = u->kw[x];
+				if (kw_map[s] < 0) {
+					kw_map[s] = (int64_t)n_out_kw;
+					out_kw[n_out_kw++] = sql_kw[s];
+				}
+				u->kw[x] = (uint32_t)kw_map[s];	/* msgs[ri].keywords points here */
+			}
+			ptrs[ri] = &msgs[ri];
+			covered = u->last;
+			ri++;
+		} else {
+			covered = vptrs[vi]->last;
+			vi++;
+			n_out_van = vi;
+		}
+	}
+	rep.n_runs = ri;
+	rep.runs = ptrs;
+	rep.n_keywords = n_out_kw;
+	rep.keywords = out_kw;
+	if (n_out_van > 0) {
+		vanished.n_ranges = n_out_van;
+		vanished.ranges = vptrs;
+		rep.vanished = &vanished;
+	}
+	rep.more = cut || sql_more;
+	if (cut)
+		rep.continue_after = covered;
+	else if (sql_more)
+		rep.continue_after = sql_last;
+	log_debug("mailbox selected", "call=%" PRIu64 " account=%" PRIu64 " mailbox=%" PRIu64
+		  " readonly=%d after=%" PRIu32 " runs=%zu vanished_ranges=%zu more=%d cut=%d bytes=%zu",
+		  rpc_call_id(req->call), req->account_id, rep.mailbox_id, (int)req->flag, req->after_uid,
+		  ri, n_out_van, (int)rep.more, (int)cut, total);
+	mbx_reply(req, &rep.base);
+out:
+	free(vr);
+	free(vptrs);
+	free(sql_kw);
+	free(kw_map);
+	free(out_kw);
+	free(runs);
+	free(idx);
+	free(msgs);
+	free(ptrs);
 }
 
 /* ------------------------------------------------------------------ Quota */
@@ -1064,6 +1324,10 @@ static const struct db_stmt mbx_stmts[] = {
 	{ "mailbox_select",
 	  "SELECT kind, uid, modseq, flags, keywords, mailbox_id, uidvalidity, uidnext, "
 	  "first_recent_uid, vanished, keyword FROM mail_select($1, $2, $3, $4)", 4 },
+	{ "mailbox_select_page",
+	  "SELECT kind, uid, last_uid, modseq, flags, keywords, mailbox_id, uidvalidity, uidnext, "
+	  "first_recent_uid, vanished, keyword, more FROM mail_select_page($1, $2, $3, $4, $5, $6, $7, "
+	  "$8::integer)", 8 },
 	{ "mailbox_quota",
 	  "SELECT used_bytes, quota_bytes, used_messages, quota_messages FROM accounts WHERE id = $1", 1 },
 };
