@@ -117,6 +117,8 @@ struct daemon {
 };
 
 static pthread_once_t daemon_evthread_once = PTHREAD_ONCE_INIT;
+/* the worker this thread runs (daemon_worker_current); NULL off the workers */
+static _Thread_local struct worker *daemon_current_worker;
 
 /* daemon_evthread_init - libevent locking must exist before any base is made */
 static void daemon_evthread_init(void)
@@ -257,6 +259,7 @@ static void *worker_main(void *arg)
 	snprintf(name, sizeof(name), "w%d", w->pub.index);
 	log_set_thread(name);
 	pthread_setname_np(pthread_self(), name);
+	daemon_current_worker = w;
 
 	run_worker_cbs(&d->on_start, w);
 	worker_open_listeners(w);
@@ -272,6 +275,7 @@ static void *worker_main(void *arg)
 	worker_close_listeners(w);
 	event_del(w->timeout_ev);
 	run_worker_cbs(&d->on_stop, w);
+	daemon_current_worker = NULL;
 	log_debug("worker stopped", "worker=%d", w->pub.index);
 
 	atomic_fetch_add(&d->workers_done, 1);
@@ -293,6 +297,11 @@ void daemon_worker_release(struct daemon_worker *pub)
 		log_panic("daemon_worker_release without hold", "worker=%d", pub->index);
 	if (left == 0 && atomic_load(&w->draining))
 		event_active(w->check_ev, EV_READ, 0);
+}
+
+struct daemon_worker *daemon_worker_current(void)
+{
+	return daemon_current_worker != NULL ? &daemon_current_worker->pub : NULL;
 }
 
 /* --------------------------------------------------------------- main thread */

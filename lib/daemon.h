@@ -6,7 +6,9 @@
  *
  * Shutdown: on SIGTERM every worker closes its listeners and runs the
  * services' drain callbacks; the worker's loop ends when its active count
- * (daemon_worker_hold/release) reaches zero or shutdown_timeout passes. */
+ * (daemon_worker_hold/release) reaches zero or shutdown_timeout passes.
+ * The rpc server holds the worker for each of its connections until the
+ * connection is closed, so a drain waits for replies to reach the socket. */
 #ifndef MAIL_DAEMON_H
 #define MAIL_DAEMON_H
 #include "lib/common.h"
@@ -60,6 +62,11 @@ void daemon_on_reload(struct daemon *d, daemon_main_cb *cb, void *arg);
  * worker may stop during a drain (open connections, in-flight calls) */
 void daemon_worker_hold(struct daemon_worker *w);
 void daemon_worker_release(struct daemon_worker *w);
+/* daemon_worker_current - the worker whose thread calls this (from its
+ * worker_start callback to its worker_stop callbacks), NULL on any other
+ * thread. Lets a module that is handed only a worker's loop (the rpc server's
+ * connections) hold that worker without every service passing it along. */
+struct daemon_worker *daemon_worker_current(void);
 bool daemon_draining(const struct daemon *d);
 
 /* daemon_run - starts the workers, writes pid_file, logs "ready", serves

@@ -10,8 +10,23 @@
  * themselves: they mark the connection for a flush, done at the end of the
  * current read or from a deferred event. A connection is never freed while
  * any of its callbacks is on the stack (conn->busy); it is marked closing and
- * freed by the outermost entry point when it returns. */
+ * freed by the outermost entry point when it returns.
+ *
+ * Drain: a connection accepted on a lib/daemon worker holds that worker
+ * (daemon_worker_hold) from accept until it is freed, so a draining worker's
+ * loop runs until every connection is done: the two-step GOAWAY, the calls
+ * still running, every byte of their replies handed to the kernel, and a
+ * lingering close. The daemon's shutdown_timeout bounds it all (on_worker_stop
+ * then calls rpc_server_close_all). A connection whose HTTP/2 session is over
+ * does not close() at once: unread input (a late WINDOW_UPDATE, a PING ack)
+ * would make the kernel answer with RST and throw away reply bytes still in
+ * the send queue. It shuts down its write side instead (after close_notify on
+ * TLS) and reads and discards until the peer's EOF, or until the peer's
+ * kernel has acknowledged every byte and the FIN and the peer has been silent
+ * for RPC_LINGER_QUIET_MS (a peer whose process does not read, like an idle
+ * grpcio channel, is not waited for), at most RPC_LINGER_MS. */
 #include "lib/common.h"
+#include "lib/daemon.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "proto/rpc.h"
@@ -26,12 +41,16 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <linux/sockios.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <protobuf-c/protobuf-c.h>
 
@@ -73,12 +92,20 @@ struct rpc_sconn {
 	struct rpc_call *wlist;   /* calls owed an on_writable */
 	struct event flush_ev;
 	struct event ka_ev;
+	struct event timer_ev;    /* draining: final GOAWAY even without the PING ack;
+				   * lingering: the close, whatever the peer does */
 	char peer[64];
+	struct daemon_worker *hold; /* the lib/daemon worker held until sconn_free, or NULL */
 	int busy;                 /* callbacks of ours on the stack */
 	bool closing;             /* free when busy drops to 0 */
+	bool lingering;           /* session over, write side shut: waiting for the peer's EOF */
+	int64_t linger_end;       /* monotonic ms: close then whatever the peer does */
+	int64_t linger_rx;        /* monotonic ms: the peer's last bytes while lingering */
 	bool flush_queued;
 	bool need_flush;
 	bool draining;            /* shutdown notice sent; final GOAWAY on the PING ack */
+	bool goaway_sent;         /* the final GOAWAY is queued */
+	bool timer_on;            /* timer_ev is pending */
 	bool got_frame;           /* the peer spoke HTTP/2: handshake timeout off */
 	bool ping_out;
 	bool rx_seen;
@@ -113,9 +140,14 @@ static _Atomic uint64_t rpc_next_id = 1;
 static const uint8_t drain_ping[8] = { 'r', 'p', 'c', 'd', 'r', 'a', 'i', 'n' };
 
 #define RPC_HANDSHAKE_TIMEOUT_MS 10000 /* TLS + HTTP/2 preface must arrive by then */
+#define RPC_LINGER_MS 2000             /* a finished connection waits at most this long to close */
+#define RPC_LINGER_QUIET_MS 250        /* ... or until all is acked and the peer was this long silent */
+#define RPC_LINGER_POLL_MS 50          /* ... looking this often */
+#define RPC_DRAIN_PING_MS 1000         /* drain: final GOAWAY by then even without the PING ack */
 
 static void sconn_flush(struct rpc_sconn *conn);
 static void sconn_free(struct rpc_sconn *conn);
+static void sconn_final_goaway(struct rpc_sconn *conn);
 
 /* call_live - the handler still owns the call and may get callbacks */
 static inline bool call_live(const struct rpc_call *call)
@@ -514,9 +546,7 @@ static int srv_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *fram
 			break;
 		if (memcmp(frame->ping.opaque_data, drain_ping, sizeof(drain_ping)) == 0) {
 			/* the client has seen the shutdown notice: now the real GOAWAY */
-			nghttp2_submit_goaway(session, NGHTTP2_FLAG_NONE,
-					      nghttp2_session_get_last_proc_stream_id(session),
-					      NGHTTP2_NO_ERROR, NULL, 0);
+			sconn_final_goaway(conn);
 		} else {
 			conn->ping_out = false;
 		}
@@ -613,9 +643,65 @@ static void sconn_notify_writable(struct rpc_sconn *conn)
 	}
 }
 
+/* sconn_all_acked - the peer's kernel has acknowledged every byte we wrote
+ * and our FIN: an RST from close() can no longer destroy any of it */
+static bool sconn_all_acked(struct rpc_sconn *conn)
+{
+	int unacked = 0;
+	evutil_socket_t fd = bufferevent_getfd(conn->bev);
+	return fd >= 0 && ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+}
+
+/* sconn_linger_arm - look again in RPC_LINGER_POLL_MS (or at linger_end) */
+static void sconn_linger_arm(struct rpc_sconn *conn)
+{
+	int64_t left = conn->linger_end - rpc_now_ms();
+	struct timeval tv = rpc_ms_tv(left < RPC_LINGER_POLL_MS ? (left > 0 ? left : 0)
+							  : RPC_LINGER_POLL_MS);
+	evtimer_add(&conn->timer_ev, &tv); /* replaces a drain timer still pending */
+	conn->timer_on = true;
+}
+
+/* sconn_linger - the HTTP/2 session is over and its last byte is in the
+ * kernel: FIN (close_notify first on TLS) but keep reading, and discarding,
+ * until the peer's EOF (or its ack of everything, then silence), so that
+ * unread input cannot turn close() into an RST that destroys reply bytes
+ * still in flight. false: close at once instead. */
+static bool sconn_linger(struct rpc_sconn *conn)
+{
+	evutil_socket_t fd = bufferevent_getfd(conn->bev);
+
+	conn->lingering = true;
+	if (conn->ka_on) {
+		event_del(&conn->ka_ev);
+		conn->ka_on = false;
+	}
+	bufferevent_disable(conn->bev, EV_WRITE);
+	if (conn->tls) {
+		SSL *ssl = bufferevent_openssl_get_ssl(conn->bev);
+		if (ssl != NULL)
+			SSL_shutdown(ssl); /* close_notify; the peer's answer is not waited for */
+		ERR_clear_error();    /* the next SSL_read must not see our leftovers */
+	}
+	if (fd < 0 || shutdown(fd, SHUT_WR) < 0)
+		return false;
+	/* a deadline for the whole linger, not an idle timeout: a peer that
+	 * trickles bytes does not keep the connection */
+	conn->linger_rx = rpc_now_ms();
+	conn->linger_end = conn->linger_rx + RPC_LINGER_MS;
+	bufferevent_set_timeouts(conn->bev, NULL, NULL);
+	sconn_linger_arm(conn);
+	bufferevent_enable(conn->bev, EV_READ);
+	log_debug("rpc connection lingering", "conn=%llu peer=%s", (unsigned long long)conn->id,
+		  conn->peer);
+	return true;
+}
+
 /* sconn_flush - send what nghttp2 has; the one place a connection is freed */
 static void sconn_flush(struct rpc_sconn *conn)
 {
+	if (conn->lingering && !conn->closing)
+		return; /* nothing more to send; the read side waits for EOF */
 	for (int round = 0; round < 4 && !conn->closing; round++) {
 		conn->need_flush = false;
 		conn->busy++;
@@ -632,16 +718,62 @@ static void sconn_flush(struct rpc_sconn *conn)
 	}
 	if (conn->busy > 0)
 		return;
+	/* the session is over and every byte of it left the bufferevent
+	 * (the write callback brings us back when the output empties) */
 	if (!conn->closing && !nghttp2_session_want_read(conn->h2) &&
 	    !nghttp2_session_want_write(conn->h2) &&
-	    evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0)
+	    evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0) {
+		if (sconn_linger(conn))
+			return;
 		conn->closing = true;
+	}
 	if (conn->closing) {
 		sconn_free(conn);
 		return;
 	}
 	if (conn->need_flush)
 		sconn_want_flush(conn);
+}
+
+/* sconn_final_goaway - the GOAWAY that refuses streams after the last one
+ * we processed; once it is out and the calls are over, the session ends */
+static void sconn_final_goaway(struct rpc_sconn *conn)
+{
+	if (conn->goaway_sent)
+		return;
+	conn->goaway_sent = true;
+	if (conn->timer_on && !conn->lingering) {
+		event_del(&conn->timer_ev);
+		conn->timer_on = false;
+	}
+	nghttp2_submit_goaway(conn->h2, NGHTTP2_FLAG_NONE,
+			      nghttp2_session_get_last_proc_stream_id(conn->h2),
+			      NGHTTP2_NO_ERROR, NULL, 0);
+	sconn_want_flush(conn);
+}
+
+/* sconn_timer_cb - draining: the PING went unanswered, final GOAWAY anyway;
+ * lingering: close once the peer acked everything or RPC_LINGER_MS passed */
+static void sconn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct rpc_sconn *conn = arg;
+	conn->timer_on = false;
+	if (conn->lingering) {
+		int64_t now = rpc_now_ms();
+		bool acked = now - conn->linger_rx >= RPC_LINGER_QUIET_MS && sconn_all_acked(conn);
+		if (!acked && now < conn->linger_end) {
+			sconn_linger_arm(conn);
+			return;
+		}
+		log_debug("rpc connection linger over", "peer=%s why=%s", conn->peer,
+			  acked ? "acked-quiet" : "timeout");
+		conn->closing = true;
+		sconn_free(conn);
+		return;
+	}
+	log_debug("rpc drain ping unanswered", "conn=%llu peer=%s", (unsigned long long)conn->id,
+		  conn->peer);
+	sconn_final_goaway(conn); /* queues a flush */
 }
 
 static void sconn_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -659,6 +791,11 @@ static void sconn_readcb(struct bufferevent *bev, void *arg)
 
 	size_t extra = 0;
 
+	if (conn->lingering) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		conn->linger_rx = rpc_now_ms(); /* still talking: it may still be reading us */
+		return;
+	}
 	conn->busy++;
 	conn->rx_seen = true;
 	while (!conn->closing) {
@@ -701,7 +838,10 @@ static void sconn_eventcb(struct bufferevent *bev, short events, void *arg)
 		log_debug("rpc tls handshake done", "peer=%s", conn->peer);
 		return;
 	}
-	if (events & BEV_EVENT_TIMEOUT)
+	if (conn->lingering)
+		log_debug("rpc connection linger over", "peer=%s why=%s", conn->peer,
+			  (events & BEV_EVENT_EOF) ? "eof" : "error");
+	else if (events & BEV_EVENT_TIMEOUT)
 		log_info("rpc handshake timeout", "peer=%s", conn->peer);
 	else if (events & BEV_EVENT_ERROR)
 		log_debug("rpc connection error", "peer=%s err=%s", conn->peer,
@@ -752,6 +892,8 @@ static void sconn_free(struct rpc_sconn *conn)
 	event_del(&conn->flush_ev);
 	if (conn->ka_on)
 		event_del(&conn->ka_ev);
+	if (conn->timer_on)
+		event_del(&conn->timer_ev);
 	bufferevent_free(conn->bev);
 	if (conn->prev != NULL)
 		conn->prev->next = conn->next;
@@ -760,7 +902,10 @@ static void sconn_free(struct rpc_sconn *conn)
 	if (conn->next != NULL)
 		conn->next->prev = conn->prev;
 	atomic_fetch_sub(&w->nconns, 1);
+	struct daemon_worker *hold = conn->hold;
 	free(conn);
+	if (hold != NULL)
+		daemon_worker_release(hold); /* the socket is closed: a drain may end */
 }
 
 /* ------------------------------------------------------------- server */
@@ -932,6 +1077,12 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 		free(conn);
 		return;
 	}
+	/* on a lib/daemon worker, a drain waits for this connection to close */
+	struct daemon_worker *dw = daemon_worker_current();
+	if (dw != NULL && dw->base == base) {
+		conn->hold = dw;
+		daemon_worker_hold(dw);
+	}
 	nghttp2_session_server_new2(&conn->h2, srv->cbs, conn, srv->h2opt);
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, srv->max_streams },
@@ -941,6 +1092,7 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 	nghttp2_submit_settings(conn->h2, NGHTTP2_FLAG_NONE, iv, N_ELEMENTS(iv));
 	nghttp2_session_set_local_window_size(conn->h2, NGHTTP2_FLAG_NONE, 0, (int32_t)srv->window);
 	event_assign(&conn->flush_ev, base, -1, 0, sconn_flush_cb, conn);
+	evtimer_assign(&conn->timer_ev, base, sconn_timer_cb, conn);
 	if (srv->keepalive_ms > 0) {
 		struct timeval tv = rpc_ms_tv(srv->keepalive_ms);
 		event_assign(&conn->ka_ev, base, -1, EV_PERSIST, sconn_ka_cb, conn);
@@ -966,13 +1118,17 @@ void rpc_server_accept(struct rpc_server *srv, int widx, struct event_base *base
 void rpc_server_drain(struct rpc_server *srv, int widx)
 {
 	for (struct rpc_sconn *conn = srv->workers[widx].conns; conn != NULL; conn = conn->next) {
-		if (conn->draining || conn->closing)
+		if (conn->draining || conn->closing || conn->lingering)
 			continue;
 		/* two-step GOAWAY: the notice stops new streams without refusing
-		 * any in flight; the final one follows the PING's ack (one RTT) */
+		 * any in flight; the final one follows the PING's ack (one RTT),
+		 * or the timer when the peer does not answer */
 		conn->draining = true;
 		nghttp2_submit_shutdown_notice(conn->h2);
 		nghttp2_submit_ping(conn->h2, NGHTTP2_FLAG_NONE, drain_ping);
+		struct timeval tv = rpc_ms_tv(RPC_DRAIN_PING_MS);
+		evtimer_add(&conn->timer_ev, &tv);
+		conn->timer_on = true;
 		sconn_want_flush(conn);
 	}
 }

@@ -9,8 +9,17 @@
  *        [--keepalive-ms=N] [--workers=N]. Each worker is a thread with its own
  *        event_base and SO_REUSEPORT evconnlistener, sharing one rpc_server.
  * SIGTERM/SIGINT: drop connections (cancelling calls), free all, exit 0.
- * SIGUSR1: rpc_server_drain (GOAWAY; running calls finish), logs the count. */
+ * SIGUSR1: rpc_server_drain (GOAWAY; running calls finish), logs the count.
+ *
+ * --daemon [--shutdown-timeout=D]: run under lib/daemon instead, exactly as
+ * the services do (daemon_listen, drain callback = rpc_server_drain, worker
+ * stop = rpc_server_close_all): SIGTERM is the graceful drain, a second one
+ * stops at once. A call whose request carries the metadata "x-stop-after"
+ * asks for that drain (daemon_stop) right after it finished, while its reply
+ * is still queued: the drain tests' "answer just finished" case. */
 #include "lib/common.h"
+#include "lib/config.h"
+#include "lib/daemon.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "proto/rpc.h"
@@ -54,6 +63,7 @@ struct worker {
 static struct worker *workers;
 static int nworkers = 1;
 static struct event_base *main_base;
+static struct daemon *echo_daemon; /* --daemon mode, else NULL */
 
 /* echo_free - releases a call's state (the call itself belongs to the runtime) */
 static void echo_free(struct echo_call *ec)
@@ -65,11 +75,17 @@ static void echo_free(struct echo_call *ec)
 	free(ec);
 }
 
-/* echo_finish - finish the call and forget it */
+/* echo_finish - finish the call and forget it; "x-stop-after": drain now */
 static void echo_finish(struct echo_call *ec, enum rpc_status st, const char *msg)
 {
+	bool stop = echo_daemon != NULL && rpc_call_metadata(ec->call, "x-stop-after") != NULL;
+	uint64_t id = rpc_call_id(ec->call);
 	rpc_call_finish(ec->call, st, msg);
 	echo_free(ec);
+	if (stop) {
+		log_info("echo stop after finish", "call=%llu", (unsigned long long)id);
+		daemon_stop(echo_daemon);
+	}
 }
 
 /* echo_get - the state of a call, created on first use */
@@ -340,6 +356,68 @@ static void drain_cb(evutil_socket_t sig, short what, void *arg)
 		event_active(workers[i].drain_ev, 0, 0);
 }
 
+/* ------------------------------------------------------- --daemon mode */
+
+static const struct cfg_def echo_defs[] = {
+	{ "listen", CFG_ADDR, "127.0.0.1:7900", 0, 0, "gRPC listener" },
+	{ "metrics_listen", CFG_ADDR, "", 0, 0, "metrics endpoint (off)" },
+	CFG_END
+};
+
+static void d_accept(struct daemon_worker *w, evutil_socket_t fd, const struct sockaddr *peer,
+		     int peer_len, void *arg)
+{
+	rpc_server_accept(server, w->index, w->base, fd, peer, peer_len);
+}
+
+static void d_drain(struct daemon_worker *w, void *arg)
+{
+	log_info("echo server draining", "conns=%zu", rpc_server_conn_count(server, w->index));
+	rpc_server_drain(server, w->index);
+}
+
+static void d_stop(struct daemon_worker *w, void *arg)
+{
+	size_t left = rpc_server_conn_count(server, w->index);
+	if (left > 0)
+		log_info("echo worker closing connections", "conns=%zu", left);
+	rpc_server_close_all(server, w->index);
+}
+
+/* run_daemon - the echo service under lib/daemon, like the real services */
+static int run_daemon(const char *listen, const char *shutdown_timeout,
+		      const struct rpc_server_opts *opts)
+{
+	static const struct cfg_def *const tables[] = { config_common_defs, echo_defs, NULL };
+	char *argv[4], *envp[] = { NULL };
+	struct config *cfg;
+	bool help, check;
+	const char *error;
+
+	argv[0] = xstrdup("rpc_echo_server");
+	argv[1] = xasprintf("--listen=%s", listen);
+	argv[2] = xasprintf("--workers=%d", nworkers);
+	argv[3] = xasprintf("--shutdown-timeout=%s", shutdown_timeout);
+	if (config_parse(tables, N_ELEMENTS(argv), argv, envp, &cfg, &help, &check, &error) < 0)
+		log_fatal("bad daemon flags", "error=\"%s\"", error);
+	for (size_t i = 0; i < N_ELEMENTS(argv); i++)
+		free(argv[i]);
+	echo_daemon = daemon_new(cfg);
+	server = rpc_server_new(methods, N_ELEMENTS(methods), opts, daemon_worker_count(echo_daemon));
+	if (daemon_listen(echo_daemon, config_str(cfg, "listen"), d_accept, NULL, &error) < 0)
+		log_fatal("cannot listen", "error=\"%s\"", error);
+	daemon_on_drain(echo_daemon, d_drain, NULL);
+	daemon_on_worker_stop(echo_daemon, d_stop, NULL);
+	log_info("echo server listening", "addr=%s tls=%s workers=%d mode=daemon", listen,
+		 opts->tls != NULL ? "yes" : "no", daemon_worker_count(echo_daemon));
+	int status = daemon_run(echo_daemon);
+	rpc_server_free(&server); /* before daemon_free: connections hold its workers */
+	daemon_free(&echo_daemon);
+	config_free(&cfg);
+	log_info("echo server stopped", "status=%d", status);
+	return status;
+}
+
 /* flag_value - "--name=value" -> value, else NULL */
 static const char *flag_value(const char *arg, const char *name)
 {
@@ -352,6 +430,8 @@ static const char *flag_value(const char *arg, const char *name)
 int main(int argc, char **argv)
 {
 	const char *listen = "127.0.0.1:7900", *cert = NULL, *key = NULL, *v;
+	const char *shutdown_timeout = "30s";
+	bool daemon_mode = false;
 	struct rpc_server_opts opts = { 0 };
 	struct sockaddr_storage ss;
 	int sslen = sizeof(ss);
@@ -370,6 +450,10 @@ int main(int argc, char **argv)
 			opts.keepalive_ms = atoi(v);
 		else if ((v = flag_value(argv[i], "--workers")) != NULL)
 			nworkers = MAIL_MAX(1, atoi(v));
+		else if ((v = flag_value(argv[i], "--shutdown-timeout")) != NULL)
+			shutdown_timeout = v;
+		else if (strcmp(argv[i], "--daemon") == 0)
+			daemon_mode = true;
 		else if (strcmp(argv[i], "--debug") == 0)
 			log_set_level(LOG_LEVEL_DEBUG);
 		else
@@ -384,6 +468,12 @@ int main(int argc, char **argv)
 		if (SSL_CTX_use_certificate_chain_file(opts.tls, cert) != 1 ||
 		    SSL_CTX_use_PrivateKey_file(opts.tls, key != NULL ? key : cert, SSL_FILETYPE_PEM) != 1)
 			log_fatal("cannot load certificate", "cert=%s key=%s", cert, key ? key : cert);
+	}
+	if (daemon_mode) {
+		int status = run_daemon(listen, shutdown_timeout, &opts);
+		if (opts.tls != NULL)
+			SSL_CTX_free(opts.tls);
+		return status;
 	}
 	evthread_use_pthreads();
 	main_base = event_base_new();

@@ -8,6 +8,10 @@ python3-grpcio), both ways. Run with /usr/bin/python3 -m pytest.
   rpc_echo_client (C) -> a python grpcio Echo server: the same scenarios,
       TLS, a server killed mid-call (UNAVAILABLE, then reconnect), a response
       without grpc-status, nothing listening, keepalive on a frozen peer.
+  graceful drain (rpc_echo_server --daemon, SIGTERM as in the services): the
+      replies of running and of just-finished calls reach a grpcio client
+      whole with OK, over h2c and TLS, and the server then exits by itself;
+      a peer that never answers the drain PING does not hold it up.
 
 This file is also the python Echo server: `python3 test_rpc_interop.py serve
 --port=N [--tls-cert=F --tls-key=F]` (run as a subprocess so that it can be
@@ -697,3 +701,168 @@ def test_c_client_response_without_grpc_status():
         assert "grpc-status" in out
     finally:
         sock.close()
+
+
+# ------------------------------------- graceful drain under lib/daemon (SIGTERM)
+#
+# rpc_echo_server --daemon runs the Echo service the way the mail daemons
+# run theirs: SIGTERM drains. Every reply of a call that was running, or had
+# just finished, must reach the client whole with its status before the
+# connection closes, and the process must then exit on its own, well before
+# its shutdown_timeout (the connections, not a timer, end the drain).
+
+DRAIN_TIMEOUT_S = 30  # the servers' shutdown_timeout: reaching it is a failure
+
+
+def start_daemon_server(tmp_path, *extra, name="c-daemon"):
+    return start_c_server(tmp_path, "--daemon", "--shutdown-timeout=%ds" % DRAIN_TIMEOUT_S,
+                          *extra, name=name)
+
+
+def wait_drained(d, t0, limit=10.0):
+    """The drained server exits 0 by itself within limit seconds of t0."""
+    try:
+        rc = d.proc.wait(max(0.1, limit - (time.monotonic() - t0)))
+    except subprocess.TimeoutExpired:
+        pytest.fail("server still running %.1fs after the drain began:\n%s"
+                    % (time.monotonic() - t0, d.log_text()[-4000:]))
+    took = time.monotonic() - t0
+    log = d.log_text()
+    assert rc == 0, "server exited %s:\n%s" % (rc, log[-4000:])
+    assert "drain timed out" not in log, log[-4000:]
+    assert "echo call cancelled" not in log, log[-4000:]
+    assert "echo worker closing connections" not in log, log[-4000:]
+    return took
+
+
+def _channel(d, tls, certs):
+    import grpc
+    if not tls:
+        return grpc.insecure_channel("127.0.0.1:%d" % d.port)
+    with open(certs[0], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel("localhost:%d" % d.port, creds)
+
+
+def _tls_args(tls, certs):
+    return ["--tls-cert=" + certs[0], "--tls-key=" + certs[1]] if tls else []
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_py_sigterm_lets_running_calls_answer(pb, certs, tmp_path, tls):
+    """SIGTERM while a slow unary call (2 MiB reply) and a slow server stream
+    (100 x 64 KiB) run: both complete with OK, then the server exits 0."""
+    import grpc
+    from concurrent import futures
+    echo_pb2, echo_pb2_grpc = pb
+    d = start_daemon_server(tmp_path, "--workers=1", *_tls_args(tls, certs))
+    big = os.urandom(2 << 20)
+    chunk = bytes(range(256)) * 256
+    try:
+        with _channel(d, tls, certs) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            assert stub.Unary(echo_pb2.EchoRequest(payload=b"warm"), timeout=5).payload == b"warm"
+            unary = stub.Unary.future(echo_pb2.EchoRequest(payload=big, delay_ms=1200), timeout=20)
+
+            def stream():
+                call = stub.ServerStream(echo_pb2.EchoRequest(payload=chunk, count=100, delay_ms=1200),
+                                         timeout=20)
+                reps = list(call)
+                return reps, call.code()
+
+            with futures.ThreadPoolExecutor(1) as ex:
+                sfut = ex.submit(stream)
+                time.sleep(0.5)  # both calls are running on the server now
+                t0 = time.monotonic()
+                d.proc.send_signal(signal.SIGTERM)
+                rep = unary.result(timeout=20)
+                reps, code = sfut.result(timeout=20)
+            assert rep.payload == big and rep.count == 1
+            assert code == grpc.StatusCode.OK
+            assert [r.count for r in reps] == list(range(100))
+            assert all(r.payload == chunk for r in reps)
+        took = wait_drained(d, t0)
+        assert took >= 0.5, "exited before the calls could finish (%.2fs)" % took
+        assert "why=SIGTERM" in d.log_text()
+    finally:
+        if d.proc.poll() is None:
+            d.kill9()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+@pytest.mark.parametrize("kind", ["small", "big", "stream"])
+def test_py_drain_begins_as_reply_finishes(pb, certs, tmp_path, kind, tls):
+    """The server drains (daemon_stop) the instant the handler has finished
+    the call, its reply still queued in the runtime: no linger anywhere, and
+    the client still gets the whole reply and OK."""
+    import grpc
+    echo_pb2, echo_pb2_grpc = pb
+    d = start_daemon_server(tmp_path, "--workers=1", *_tls_args(tls, certs))
+    md = [("x-stop-after", "1")]
+    try:
+        with _channel(d, tls, certs) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            assert stub.Unary(echo_pb2.EchoRequest(payload=b"warm"), timeout=5).payload == b"warm"
+            t0 = time.monotonic()
+            if kind == "stream":
+                chunk = os.urandom(64 << 10)
+                call = stub.ServerStream(echo_pb2.EchoRequest(payload=chunk, count=64),
+                                         metadata=md, timeout=20)
+                reps = list(call)
+                assert call.code() == grpc.StatusCode.OK
+                assert [r.count for r in reps] == list(range(64))
+                assert all(r.payload == chunk for r in reps)
+            else:
+                payload = b"just finished" if kind == "small" else os.urandom(3 << 20)
+                rep, call = stub.Unary.with_call(echo_pb2.EchoRequest(payload=payload),
+                                                 metadata=md, timeout=20)
+                assert call.code() == grpc.StatusCode.OK
+                assert rep.payload == payload and rep.count == 1
+        wait_drained(d, t0)
+        log = d.log_text()
+        assert "echo stop after finish" in log and "why=stop" in log, log[-3000:]
+    finally:
+        if d.proc.poll() is None:
+            d.kill9()
+
+
+def _h2_frames(data):
+    """(type, flags, stream_id, payload) of each whole HTTP/2 frame in data."""
+    frames = []
+    while len(data) >= 9:
+        length = struct.unpack(">I", b"\x00" + data[:3])[0]
+        if len(data) < 9 + length:
+            break
+        sid = struct.unpack(">I", data[5:9])[0] & 0x7fffffff
+        frames.append((data[3], data[4], sid, data[9:9 + length]))
+        data = data[9 + length:]
+    return frames
+
+
+def test_drain_does_not_wait_for_a_silent_peer(tmp_path):
+    """A peer that never answers the drain PING and never closes: the final
+    GOAWAY goes anyway, the connection ends with a FIN (not a reset) and the
+    server exits in seconds, not at its shutdown_timeout."""
+    d = start_daemon_server(tmp_path, "--workers=1")
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            time.sleep(0.3)  # the server has our SETTINGS and we have its own
+            t0 = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            took = wait_drained(d, t0, limit=15.0)
+            assert took < DRAIN_TIMEOUT_S / 3
+            data = b""
+            s.settimeout(5)
+            while True:
+                got = s.recv(65536)  # a reset would raise ConnectionResetError here
+                if not got:
+                    break
+                data += got
+        frames = _h2_frames(data)
+        goaways = [struct.unpack(">I", f[3][:4])[0] & 0x7fffffff for f in frames if f[0] == 7]
+        assert goaways == [0x7fffffff, 0], frames  # the notice, then the final one
+        assert any(f[0] == 6 and not f[1] & 1 for f in frames), frames  # the drain PING
+    finally:
+        if d.proc.poll() is None:
+            d.kill9()
