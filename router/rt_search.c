@@ -17,19 +17,39 @@
  *    other field is matched in the raw header block (every occurrence, folded
  *    lines unfolded, not decoded). An empty string matches messages that have
  *    the field.
- *  - BODY and TEXT: PostgreSQL full-text search ('simple' configuration,
- *    plainto_tsquery) over the text indexed at delivery: a message matches
- *    when it contains every WORD of the search string, in any order. IMAP asks
- *    for substring matching; a word index cannot find "ell" in "hello". That
- *    is the compromise: substrings inside words are not found, punctuation is
- *    ignored, and a string with no word at all matches nothing (the empty
- *    string matches everything). TEXT also matches a case-insensitive
- *    substring of the raw header block and of the decoded address/subject
- *    fields.
+ *  - BODY: case-insensitive SUBSTRING of the message's body text (RFC 9051
+ *    6.4.4), "ell" finds "hello", "lo wor" finds "hello world", punctuation
+ *    and spaces count like any other character. The body text is what the
+ *    delivery stored in message_text.body (router/rt_deliver.c body_text):
+ *    every text/... part with its transfer encoding undone, converted to
+ *    UTF-8, HTML tags dropped (each tag becomes one space) and the common
+ *    entities decoded, line breaks kept as they are (CRLF), parts joined by
+ *    '\n', cut at 256 KiB - so a string found only in a non-text part (an
+ *    attachment), in HTML markup, across a line break (unless the string has
+ *    it) or past the cut is not found, and no non-empty string matches a
+ *    message without a text part. Rows delivered before migration 0006
+ *    have no body, only the old tsvector (tsv): for them BODY is the old
+ *    word match ('simple' configuration, plainto_tsquery: every WORD of the
+ *    string, any order, whole words only) so old mail stays searchable.
+ *  - TEXT: a case-insensitive substring of the raw header block (8-bit bytes
+ *    compared as they are, ASCII letters folded) OR of the decoded Subject,
+ *    From, To, Cc, Bcc OR BODY as above.
+ *  - BODY "" and TEXT "" match every message.
+ *  - Cost: the body is read (detoasted, lowercased, scanned) per message of
+ *    the searched mailbox only, through message_text's primary key; the
+ *    operands of every AND and OR are emitted cheapest first (flags, UIDs,
+ *    dates, sizes; then headers; then bodies) so evaluation stops before the
+ *    body whenever a cheaper operand decides, and PostgreSQL orders top-level
+ *    AND conditions by cost itself.
  *  - BEFORE/ON/SINCE compare the internal date with the given day start (unix
  *    seconds, computed by the frontend for the day it means); SENT* use the
  *    Date header, or the internal date when the message has none.
- *  - Case-insensitivity is PostgreSQL's lower(); SORT compares lowercased
+ *  - Case-insensitivity is PostgreSQL's lower() on both sides: per character
+ *    simple case mapping by the database's LC_CTYPE. With the UTF-8 database
+ *    and C.UTF-8 ctype the tests create, non-ASCII letters fold too ("ÄRGER"
+ *    finds "ärger", Greek and Cyrillic as well); no multi-character folding
+ *    ("STRASSE" does not find "straße"). A database with LC_CTYPE "C" would
+ *    fold ASCII letters only. SORT compares lowercased
  *    (FROM, TO, CC) or uppercased (SUBJECT: the base subject) strings in
  *    byte order ("C" collation), close to i;ascii-casemap.
  *  - RECENT/NEW/OLD are session state: the frontend sends them as UID sets.
@@ -259,24 +279,58 @@ static bool name_valid(const char *s)
 	return true;
 }
 
-/* the full-text test of one message against parameter $n */
-#define FTS_SQL "coalesce((SELECT t.tsv @@ plainto_tsquery('simple', $%d::text)" \
+/* BODY of one message against parameter $n (the search string, non-empty):
+ * a case-insensitive substring of the stored body text, or - for a row
+ * delivered before migration 0006, with only its tsvector - the old match of
+ * every word. One primary-key lookup per message; no text row, no match. */
+#define BODY_SQL "coalesce((SELECT CASE WHEN t.body IS NOT NULL" \
+		" THEN strpos(lower(t.body), lower($%d::text)) > 0" \
+		" ELSE t.tsv @@ plainto_tsquery('simple', $%d::text) END" \
 		" FROM message_text t WHERE t.blob_id = m.blob_id), false)"
+
+/* key_cost - how dear a key is to evaluate per message: 0 columns of the
+ * messages row, 1 the header block or decoded header fields, 2 the body */
+static unsigned key_cost(const search_key *k, unsigned depth)
+{
+	if (k == NULL || depth > SEARCH_MAX_DEPTH)
+		return 0;	/* refused by sq_key anyway */
+	switch (k->op) {
+	case MAIL__ROUTER__V1__SEARCH_KEY__OP__HEADER:
+		return 1;
+	case MAIL__ROUTER__V1__SEARCH_KEY__OP__BODY:
+	case MAIL__ROUTER__V1__SEARCH_KEY__OP__TEXT:
+		return k->value != NULL && k->value[0] != '\0' ? 2 : 0;
+	default: {
+		unsigned c = 0;
+		for (size_t i = 0; i < k->n_children && c < 2; i++)
+			c = MAIL_MAX(c, key_cost(k->children[i], depth + 1));
+		return c;
+	}
+	}
+}
 
 static bool sq_key(struct search_q *q, const search_key *k, unsigned depth);
 
-/* sq_list - children joined by AND / OR */
+/* sq_list - children joined by AND / OR, cheapest first: both stop at the
+ * first operand that decides, and every operand is a side-effect-free
+ * boolean that is never NULL, so the order changes only the cost */
 static bool sq_list(struct search_q *q, const search_key *k, const char *op, unsigned depth)
 {
+	bool ok = true;
+	bool first = true;
 	sb_add(&q->sql, "(");
-	for (size_t i = 0; i < k->n_children; i++) {
-		if (i > 0)
-			sb_add(&q->sql, op);
-		if (!sq_key(q, k->children[i], depth + 1))
-			return false;
+	for (unsigned cost = 0; ok && cost <= 2; cost++) {
+		for (size_t i = 0; ok && i < k->n_children; i++) {
+			if (key_cost(k->children[i], depth + 1) != cost)
+				continue;
+			if (!first)
+				sb_add(&q->sql, op);
+			first = false;
+			ok = sq_key(q, k->children[i], depth + 1);
+		}
 	}
 	sb_add(&q->sql, ")");
-	return true;
+	return ok;
 }
 
 /* sq_date - a day boundary within what timestamptz holds */
@@ -386,14 +440,15 @@ static bool sq_key(struct search_q *q, const search_key *k, unsigned depth)
 		}
 		a = sq_param(q, xstrdup(k->value));
 		if (k->op == MAIL__ROUTER__V1__SEARCH_KEY__OP__BODY) {
-			sb_printf(&q->sql, "(" FTS_SQL ")", a);
+			sb_printf(&q->sql, "(" BODY_SQL ")", a, a);
 			return true;
 		}
+		/* the headers first: the body is read only when they do not match */
 		sb_printf(&q->sql, "(strpos(lower(encode(m.header_block, 'escape')),"
 			  " lower(encode(convert_to($%d::text, 'UTF8'), 'escape'))) > 0", a);
 		sb_printf(&q->sql, " OR strpos(lower(concat_ws(' ', m.subject, m.from_addr, m.to_addr,"
 			  " m.cc_addr, m.bcc_addr)), lower($%d::text)) > 0", a);
-		sb_printf(&q->sql, " OR " FTS_SQL ")", a);
+		sb_printf(&q->sql, " OR " BODY_SQL ")", a, a);
 		return true;
 	case MAIL__ROUTER__V1__SEARCH_KEY__OP__SENTBEFORE:
 	case MAIL__ROUTER__V1__SEARCH_KEY__OP__SENTON:

@@ -827,9 +827,11 @@ def test_search_criteria(cl, corpus):
     assert s(K("HEADER", name="x-tag", value="")) == [1, 3]
     assert s(K("HEADER", name="X-Priority", value="1")) == [4]
     assert s(K("HEADER", name="Date", value="Mar 2024")) == [4, 5]
-    # full text: every word, any order
+    # body: a case-insensitive substring (RFC 9051 6.4.4), not words
     assert s(K("BODY", value="unicorns")) == [1, 3]
-    assert s(K("BODY", value="galloping UNICORNS")) == [1]
+    assert s(K("BODY", value="UNICORNS ARE gallop")) == [1]
+    assert s(K("BODY", value="galloping UNICORNS")) == []
+    assert s(K("BODY", value="icorn")) == [1, 3]
     assert s(K("BODY", value="zebra")) == []
     assert s(K("BODY", value="")) == [1, 2, 3, 4, 5]
     assert s(K("TEXT", value="pizza")) == [2]
@@ -894,7 +896,206 @@ def test_search_special_characters_are_literal(cl, corpus):
     assert s(K("TEXT", value="under_score")) == [5]
     assert s(K("HEADER", name="X-Tag", value="%")) == []
     assert s(K("KEYWORD", name="w%")) == []
+    # the body the same way: no LIKE pattern, no escape character
+    assert s(K("BODY", value="50% and")) == [5]
+    assert s(K("BODY", value="%")) == [5]
+    assert s(K("BODY", value="r_s")) == [5]
+    assert s(K("BODY", value="_")) == [5]
+    assert s(K("BODY", value="under%score")) == []
+    assert s(K("BODY", value="p_zza")) == []
+    assert s(K("BODY", value="\\")) == []
+    assert s(K("TEXT", value="\\")) == [2]
+    assert s(K("BODY", value="'")) == []
     assert cl.one("SELECT count(*) FROM messages WHERE mailbox_id = %d" % mb) == "5"
+
+
+def _body_mailbox(cl, texts):
+    """A fresh account whose INBOX holds one message per body text (stored as
+    the delivery stores it: message_text.body); returns (account, mailbox)."""
+    acct, inbox = cl.account()
+    for i, text in enumerate(texts, 1):
+        raw = (b"From: t@example.test\r\nSubject: body %d\r\nX-Label: label-%d\r\n\r\n" % (i, i)
+               + text.encode("utf-8"))
+        uid, _ = cl.deliver(acct, raw, put=False, body_text=text)
+        assert uid == i
+    return acct, inbox
+
+
+def _deliver_without_text(cl, acct, raw):
+    """mail_deliver with p_body_text NULL (no message_text row is written);
+    returns the UID."""
+    q = cl.deliver_sql(acct, raw, body_text="")
+    tail = ", '', ARRAY['store1','store2'], NULL)"
+    assert q.endswith(tail), q
+    r = cl.sql(q[:-len(tail)] + ", NULL, ARRAY['store1','store2'], NULL)")
+    assert r[0][0] == "ok", r
+    return int(r[0][2])
+
+
+def _uids(cl, acct, mb, key):
+    r = search(cl, acct, mb, key)
+    assert r.code == OK, r
+    return list(r.uids)
+
+
+def test_search_body_substring_case_insensitive(cl):
+    """BODY is a case-insensitive substring of the body text (RFC 9051 6.4.4):
+    inside words, across a space, ASCII and non-ASCII letters folded by the
+    database's lower() (UTF-8 database, C.UTF-8 ctype)."""
+    acct, mb = _body_mailbox(cl, [
+        "hello world\r\n",
+        "Hello, World!\r\nsecond line\r\n",
+        "Ärger im Büro, ΣΟΦΙΑ und ПРИВЕТ\r\n",
+        "kein ärger, nur BÜROKRATIE\r\n",
+        "nothing to see\r\n",
+    ])
+    s = lambda v: _uids(cl, acct, mb, K("BODY", value=v))  # noqa: E731
+    assert s("ell") == [1, 2]
+    assert s("lo wor") == [1]
+    assert s("lo, wor") == [2]
+    assert s("HELLO WORLD") == [1]
+    assert s("hElLo") == [1, 2]
+    assert s("world!") == [2]
+    assert s("line\r\n") == [2]
+    assert s("ÄRGER") == [3, 4]
+    assert s("ärger") == [3, 4]
+    assert s("büro") == [3, 4]
+    assert s("BÜROK") == [4]
+    assert s("σοφια") == [3]
+    assert s("привет") == [3]
+    assert s("rger im b") == [3]
+    assert s("hello  world") == []
+    assert s("helloworld") == []
+    assert s("nothing to see here") == []
+    assert s("") == [1, 2, 3, 4, 5]
+    # headers are not the body; the whole string, not its words
+    assert s("label-1") == []
+    assert s("world hello") == []
+    # combined with other keys, in any order
+    assert _uids(cl, acct, mb, K("NOT", K("BODY", value="ell"))) == [3, 4, 5]
+    assert _uids(cl, acct, mb, K("AND", K("BODY", value="ell"), K("UID", uids=uidset((2, 5))))) == [2]
+    assert _uids(cl, acct, mb, K("AND", K("UID", uids=uidset((2, 5))), K("BODY", value="ell"))) == [2]
+    assert _uids(cl, acct, mb, K("OR", K("BODY", value="ärger"), K("UID", uids=uidset(5)))) == [3, 4, 5]
+    assert _uids(cl, acct, mb, K("OR", K("UID", uids=uidset(5)), K("BODY", value="ärger"))) == [3, 4, 5]
+    assert _uids(cl, acct, mb, K("AND", K("BODY", value="ärger"), K("BODY", value="kein"))) == [4]
+    assert _uids(cl, acct, mb, K("OR", K("BODY", value="привет"), K("HEADER", name="x-label", value="-5"),
+                                 K("NOT", K("BODY", value="o")))) == [3, 5]
+
+
+def test_search_text_headers_or_body(cl):
+    """TEXT: the raw header block, the decoded fields, or the body, each as a
+    case-insensitive substring; a message without body text matches by its
+    headers only."""
+    acct, mb = _body_mailbox(cl, ["alpha bravo\r\n", "charlie delta\r\n"])
+    # no text row at all (what a delivery stores for a message without a text part)
+    raw = b"From: t@example.test\r\nSubject: =?UTF-8?Q?K=C3=A4se?= only\r\nX-Label: label-3\r\n\r\n"
+    assert _deliver_without_text(cl, acct, raw) == 3
+    assert cl.one("SELECT count(*) FROM message_text WHERE blob_id = %s" % lit(hashlib.sha256(raw).hexdigest())) \
+        == "0"
+    t = lambda v: _uids(cl, acct, mb, K("TEXT", value=v))  # noqa: E731
+    b = lambda v: _uids(cl, acct, mb, K("BODY", value=v))  # noqa: E731
+    assert t("LABEL-") == [1, 2, 3]              # raw header block
+    assert t("abel-2") == [2]
+    assert t("subject: body") == [1, 2]
+    assert t("käse") == [3]                        # decoded subject
+    assert t("KÄSE ONLY") == [3]
+    assert t("rlie del") == [2]                    # body
+    assert t("BRAVO") == [1]
+    assert t("x-label: label-1\r\n\r\nalpha") == []  # header and body are separate texts
+    assert t("") == [1, 2, 3]
+    assert b("") == [1, 2, 3]
+    assert b("label") == [] and b("käse") == []
+    assert t("nowhere") == []
+
+
+def test_search_old_rows_word_match(cl):
+    """A row stored before migration 0006 (tsvector, no body text) is still
+    found by whole words, any order, any case; a substring inside a word is
+    not (no text to scan). New rows in the same mailbox use the substring."""
+    acct, mb = _body_mailbox(cl, ["the unicorns are galloping\r\n"])
+    raw = b"From: t@example.test\r\nSubject: old\r\n\r\nThe Unicorns are galloping home\r\n"
+    blob = hashlib.sha256(raw).hexdigest()
+    assert _deliver_without_text(cl, acct, raw) == 2
+    cl.sql("INSERT INTO message_text (blob_id, tsv) VALUES (%s, to_tsvector('simple', %s))"
+           % (lit(blob), lit("The Unicorns are galloping home")))
+    assert cl.one("SELECT body IS NULL AND tsv IS NOT NULL FROM message_text WHERE blob_id = %s" % lit(blob)) == "t"
+    s = lambda v: _uids(cl, acct, mb, K("BODY", value=v))  # noqa: E731
+    assert s("galloping") == [1, 2]
+    assert s("UNICORNS") == [1, 2]
+    assert s("home galloping") == [2]              # old row: every word, any order
+    assert s("gallop") == [1]                      # old row: whole words only
+    assert s("are gall") == [1]
+    assert s("") == [1, 2]
+    assert _uids(cl, acct, mb, K("TEXT", value="home")) == [2]
+    assert _uids(cl, acct, mb, K("NOT", K("BODY", value="home"))) == [1]
+
+
+def _deliver_rpc(cl, acct, raw):
+    """Deliver raw through the router's Deliver RPC (the real body_text path);
+    returns its UID, or skips when the Deliver module is not built in."""
+    addr = cl.one("SELECT address FROM accounts WHERE id = %d" % acct)
+    env = pb.Envelope(mail_from="sender@example.test", recipients=[pb.Recipient(address=addr)],
+                      session=pb.Session(client_ip="127.0.0.1", session_id="t"))
+    end = time.monotonic() + 15
+    while True:
+        try:
+            r = cl.stub.Deliver(iter([pb.DeliverRequest(envelope=env), pb.DeliverRequest(data=raw)]), timeout=30)
+            break
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                pytest.skip("the Deliver RPC is not in this router build")
+            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    assert r.code == OK and [x.code for x in r.results] == [OK], r
+    return int(cl.one("SELECT max(uid) FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id"
+                      " WHERE mb.account_id = %d AND mb.name = 'INBOX'" % acct))
+
+
+def test_search_body_decoded_through_deliver(cl):
+    """Bodies delivered through Deliver are searched in decoded form:
+    quoted-printable (soft line breaks joined, =XX bytes as UTF-8), base64,
+    latin-1 converted, HTML without its tags and with entities decoded; a
+    message without a text part matches no BODY string but the empty one."""
+    acct, mb = cl.account()
+    qp = (b"From: a@example.test\r\nSubject: qp\r\nMIME-Version: 1.0\r\n"
+          b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+          b"Le caf=C3=A9 olym=\r\npique est ferm=C3=A9 =3D closed\r\n")
+    b64text = "Geheimer Satz mit Übergröße\r\n".encode("utf-8")
+    b64 = (b"From: a@example.test\r\nSubject: b64\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(b64text).replace(b"\n", b"\r\n"))
+    html = (b"From: a@example.test\r\nSubject: html\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n"
+            b"--b\r\nContent-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(b"<html><body><p class=\"x\">Fish &amp; Chips for \xc9ric</p>"
+                                 b"<div>tagsoup</div></body></html>").replace(b"\n", b"\r\n")
+            + b"--b--\r\n")
+    image = (b"From: a@example.test\r\nSubject: picture only\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             + base64.encodebytes(b"\x89PNG\r\n\x1a\nnot really a picture").replace(b"\n", b"\r\n"))
+    uids = [_deliver_rpc(cl, acct, raw) for raw in (qp, b64, html, image)]
+    assert uids == [1, 2, 3, 4]
+    s = lambda v: _uids(cl, acct, mb, K("BODY", value=v))  # noqa: E731
+    # quoted-printable
+    assert s("café olympique") == [1]
+    assert s("CAFÉ OLYMP") == [1]
+    assert s("fermé = closed") == [1]
+    assert s("=C3=A9") == [] and s("olym=") == [] and s("=3D") == []
+    # base64
+    assert s("geheimer satz") == [2]
+    assert s("ÜBERGRÖSSE") == []                   # no multi-character folding (ß)
+    assert s("übergröße") == [2] and s("ÜBERGRÖẞE") == [2]
+    assert s(base64.b64encode(b64text)[:12].decode()) == []
+    # html (base64, latin-1): text without tags, entities decoded
+    assert s("fish & chips for éric") == [3]
+    assert s("TAGSOUP") == [3]
+    assert s("&amp;") == [] and s("<p") == [] and s("class=") == [] and s("div") == []
+    # no text part
+    assert s("PNG") == [] and s("really") == [] and s("iVBOR") == []
+    assert s("") == [1, 2, 3, 4]
+    assert _uids(cl, acct, mb, K("TEXT", value="PICTURE ONLY")) == [4]
+    assert _uids(cl, acct, mb, K("TEXT", value="olympique")) == [1]
 
 
 def test_search_sort(cl, corpus):
