@@ -49,6 +49,8 @@ static const struct cfg_def router_defs[] = {
 	{ "argon2_t_cost", CFG_INT, "2", 1, 100, "Argon2id iterations of new hashes" },
 	{ "argon2_m_cost", CFG_SIZE, "19M", 8192, 1LL << 32, "Argon2id memory of new hashes" },
 	{ "blob_gc_grace", CFG_DURATION, "1h", 1000, 30LL * 86400 * 1000, "unreferenced blobs are deleted after this long (blob GC)" },
+	{ "expunged_retention", CFG_DURATION, "30d", 3600000, 3650LL * 86400 * 1000,
+	  "expunged uids are remembered this long for QRESYNC VANISHED; older rows are pruned by housekeeping" },
 	CFG_END
 };
 
@@ -59,6 +61,20 @@ static struct router the_router;
 struct rt_loop *rt_loop_of_call(const struct rpc_call *call)
 {
 	return the_router.loops[rpc_call_worker(call)];
+}
+
+struct daemon_worker *rt_worker_hold(const struct rpc_call *call)
+{
+	struct daemon_worker *w = daemon_worker_get(the_router.daemon, rpc_call_worker(call));
+	if (w != NULL)
+		daemon_worker_hold(w);
+	return w;
+}
+
+void rt_worker_release(struct daemon_worker *w)
+{
+	if (w != NULL)
+		daemon_worker_release(w);
 }
 
 void rt_finish_db_error(struct rpc_call *call, const struct db_result *r, const char *what)
@@ -187,6 +203,9 @@ static void on_drain(struct daemon_worker *w, void *arg)
 {
 	struct router *rt = arg;
 	rpc_server_drain(rt->rpc, w->index);
+	for (size_t i = 0; rt_modules[i] != NULL; i++)
+		if (rt_modules[i]->loop_drain != NULL)
+			rt_modules[i]->loop_drain(rt->loops[w->index]);
 }
 
 static void on_accept(struct daemon_worker *w, evutil_socket_t fd, const struct sockaddr *peer,

@@ -59,6 +59,9 @@ struct rt_module {
 	/* per loop, on that loop's thread, after db and blobs exist */
 	void (*loop_init)(struct rt_loop *l);
 	void (*loop_fini)(struct rt_loop *l);
+	/* per loop, on that loop's thread, when a drain starts (SIGTERM): end the
+	 * calls that would never end by themselves (server streams) */
+	void (*loop_drain)(struct rt_loop *l);
 	/* once, on the main thread, before daemon_run (admin routes, readiness) */
 	void (*main_init)(struct router *rt, struct httpd *admin, struct httpd *metrics);
 };
@@ -66,6 +69,12 @@ struct rt_module {
 /* rt_loop_of_call - the loop context a gRPC call runs on */
 struct rt_loop *rt_loop_of_call(const struct rpc_call *call);
 
+/* rt_worker_hold - keep the call's worker loop alive until rt_worker_release:
+ * for work that may outlive its call (a pool job finishing after a cancel). The
+ * reply bytes themselves need no hold: the rpc server keeps a draining worker
+ * until every connection's output is written. NULL when there is no worker. */
+struct daemon_worker *rt_worker_hold(const struct rpc_call *call);
+void rt_worker_release(struct daemon_worker *w);
 /* rt_finish_db_error - ends a call after a failed db request with the right
  * status: UNAVAILABLE for no answer, INTERNAL for an SQL error (logged) */
 void rt_finish_db_error(struct rpc_call *call, const struct db_result *r, const char *what);

@@ -52,7 +52,6 @@
 #define MAILDROP_HOLDER_MAX 200
 
 #define AUTH_SLOT 0
-#define AUTH_LINGER_MS 50             /* a worker hold outlives its call by this */
 
 typedef Mail__Router__V1__Code auth_code;
 #define CODE(x) MAIL__ROUTER__V1__CODE__CODE_##x
@@ -135,30 +134,6 @@ static bool auth_text_ok(const char *s, size_t len)
 	return true;
 }
 
-/* auth_hold - keep the worker's loop alive while a call lives (a drain waits for it) */
-static struct daemon_worker *auth_hold(struct rpc_call *call)
-{
-	struct rt_loop *l = rt_loop_of_call(call);
-	struct daemon_worker *w = daemon_worker_get(l->rt->daemon, rpc_call_worker(call));
-	if (w != NULL)
-		daemon_worker_hold(w);
-	return w;
-}
-
-static void auth_release_cb(evutil_socket_t fd, short what, void *arg)
-{
-	daemon_worker_release(arg);
-}
-
-/* auth_release - drop the hold a little later: the reply just queued must reach
- * the socket before a draining worker ends its loop and closes the connection */
-static void auth_release(struct event_base *base, struct daemon_worker *w)
-{
-	static const struct timeval linger = { 0, AUTH_LINGER_MS * 1000 };
-	if (w != NULL && event_base_once(base, -1, EV_TIMEOUT, auth_release_cb, w, &linger) < 0)
-		daemon_worker_release(w);
-}
-
 /* auth_lower - ASCII lower-case copy (addresses are stored lower-cased) */
 static char *auth_lower(const char *s, size_t len)
 {
@@ -185,7 +160,7 @@ static struct auth_req *auth_req_new(struct rpc_call *call)
 	req->loop = rt_loop_of_call(call);
 	req->call_id = rpc_call_id(call);
 	req->t0 = auth_now();
-	req->w = auth_hold(call);
+	req->w = rt_worker_hold(call);
 	req->ip = xstrdup("");
 	rpc_call_set_data(call, req);
 	return req;
@@ -202,7 +177,7 @@ static void auth_req_free(struct auth_req *req)
 	free(req->ip);
 	free(req->address);
 	free(req->hash);
-	auth_release(req->loop->base, req->w);
+	rt_worker_release(req->w);
 	free(req);
 }
 
@@ -524,7 +499,6 @@ static void auth_on_message(struct rpc_call *call, const uint8_t *msg, size_t le
 
 struct lock_req {
 	struct rpc_call *call;
-	struct event_base *base;
 	struct daemon_worker *w;          /* held while the request lives */
 	struct db_request *dbr;
 	bool got_request;
@@ -535,15 +509,14 @@ static void lock_on_start(struct rpc_call *call)
 {
 	struct lock_req *lr = XNEW(struct lock_req);
 	lr->call = call;
-	lr->base = rpc_call_base(call);
-	lr->w = auth_hold(call);
+	lr->w = rt_worker_hold(call);
 	rpc_call_set_data(call, lr);
 }
 
 static void lock_free(struct lock_req *lr)
 {
 	db_request_cancel(&lr->dbr);
-	auth_release(lr->base, lr->w);
+	rt_worker_release(lr->w);
 	free(lr);
 }
 

@@ -50,7 +50,6 @@
 #include <time.h>
 
 #define DLV_SLOT 1
-#define DLV_LINGER_MS 50              /* a worker hold outlives its call by this */
 
 /* Limits on what a frontend may send */
 #define DLV_MAX_RCPTS 1000              /* recipients of one Deliver (RFC 5321 asks >= 100) */
@@ -167,30 +166,6 @@ static double dlv_now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* dlv_hold - keep the worker's loop alive while a call lives (a drain waits for it) */
-static struct daemon_worker *dlv_hold(struct rpc_call *call)
-{
-	struct rt_loop *l = rt_loop_of_call(call);
-	struct daemon_worker *w = daemon_worker_get(l->rt->daemon, rpc_call_worker(call));
-	if (w != NULL)
-		daemon_worker_hold(w);
-	return w;
-}
-
-static void dlv_release_cb(evutil_socket_t fd, short what, void *arg)
-{
-	daemon_worker_release(arg);
-}
-
-/* dlv_release - drop the hold a little later: the reply just queued must reach
- * the socket before a draining worker ends its loop and closes the connection */
-static void dlv_release(struct event_base *base, struct daemon_worker *w)
-{
-	static const struct timeval linger = { 0, DLV_LINGER_MS * 1000 };
-	if (w != NULL && event_base_once(base, -1, EV_TIMEOUT, dlv_release_cb, w, &linger) < 0)
-		daemon_worker_release(w);
 }
 
 /* ------------------------------------------------------------------ strings */
@@ -864,7 +839,7 @@ static struct dlv *dlv_new(struct rpc_call *call, enum dlv_kind kind)
 	d->loop = rt_loop_of_call(call);
 	d->call_id = rpc_call_id(call);
 	d->t0 = dlv_now();
-	d->w = dlv_hold(call);
+	d->w = rt_worker_hold(call);
 	rpc_call_set_data(call, d);
 	return d;
 }
@@ -899,7 +874,7 @@ static void dlv_free(struct dlv *d)
 	free(d->arr_rcpts);
 	free(d->arr_notify);
 	free(d->arr_orcpt);
-	dlv_release(d->loop->base, d->w);
+	rt_worker_release(d->w);
 	free(d);
 }
 
@@ -1241,21 +1216,23 @@ static void dlv_reply_results(struct dlv *d, enum dlv_result dr)
 	free(resp);
 }
 
-/* dlv_deliver_rows - the transaction's outcome: rows [from, to) of res, whose
- * columns from c on are mail_deliver_message's (rcpt, target, status,
- * account_id, mailbox_id, uid, queue_id); one result per recipient, and the
- * reply. Ends the call. */
-static void dlv_deliver_rows(struct dlv *d, const PGresult *res, int from, int to, int c)
+/* dlv_deliver_rows - the transaction's outcome: the rows of res whose column
+ * 0 is item (every row when item is 0), whose columns from c on are
+ * mail_deliver_message's (rcpt, target, status, account_id, mailbox_id, uid,
+ * queue_id); one result per recipient, and the reply. Ends the call. */
+static void dlv_deliver_rows(struct dlv *d, const PGresult *res, long item, int c)
 {
 	size_t *map = xcalloc(d->n_valid + 1, sizeof(*map));
 	for (size_t i = 0, k = 0; i < d->n_rcpts; i++)
 		if (d->rcpts[i].valid)
 			map[++k] = i;
-	int rows = to - from;
+	int rows = PQntuples(res);
 	uint64_t *accts = xcalloc((size_t)rows + 1, sizeof(*accts));
 	uint64_t *qids = xcalloc((size_t)rows + 1, sizeof(*qids));
 	size_t n_accts = 0, n_qids = 0;
-	for (int i = from; i < to; i++) {
+	for (int i = 0; i < rows; i++) {
+		if (item != 0 && strtol(PQgetvalue(res, i, 0), NULL, 10) != item)
+			continue;
 		long idx = strtol(PQgetvalue(res, i, c), NULL, 10);
 		if (idx < 1 || (size_t)idx > d->n_valid)
 			continue;
@@ -1309,7 +1286,7 @@ static void dlv_deliver_done(const struct db_result *r, void *arg)
 			dlv_finish_db(d, r, "deliver");
 		return;
 	}
-	dlv_deliver_rows(d, r->res, 0, PQntuples(r->res), 0);
+	dlv_deliver_rows(d, r->res, 0, 0);
 }
 
 /* ------------------------------------------------------------------ group commit
@@ -1470,16 +1447,12 @@ static void dlv_batch_done(const struct db_result *r, void *arg)
 		log_info("delivery batch split", "items=%zu sqlstate=%s why=\"%s\"", b->n, r->sqlstate,
 			 r->message != NULL ? r->message : "");
 	}
-	int rows = r->status == DB_OK ? PQntuples(r->res) : 0, row = 0;
 	for (size_t i = 0; i < b->n; i++) {
-		int first = row;
-		while (row < rows && strtol(PQgetvalue(r->res, row, 0), NULL, 10) == (long)i + 1)
-			row++;
 		struct dlv *d = b->items[i];
 		if (d == NULL)
 			continue;
 		if (r->status == DB_OK) {
-			dlv_deliver_rows(d, r->res, first, row, 1);
+			dlv_deliver_rows(d, r->res, (long)i + 1, 1);
 		} else if (split) {
 			d->solo = true;
 			dlv_commit(d);
@@ -2000,7 +1973,6 @@ static const char *const resolve_result_names[6] = {
 
 struct rsv {
 	struct rpc_call *call;
-	struct event_base *base;
 	struct daemon_worker *w;        /* held while the request lives */
 	struct db_request *dbr;
 	bool got_request;
@@ -2011,7 +1983,7 @@ struct rsv {
 static void rsv_free(struct rsv *s)
 {
 	db_request_cancel(&s->dbr);
-	dlv_release(s->base, s->w);
+	rt_worker_release(s->w);
 	free(s->address);
 	free(s);
 }
@@ -2041,8 +2013,7 @@ static void resolve_on_start(struct rpc_call *call)
 {
 	struct rsv *s = XNEW(struct rsv);
 	s->call = call;
-	s->base = rpc_call_base(call);
-	s->w = dlv_hold(call);
+	s->w = rt_worker_hold(call);
 	rpc_call_set_data(call, s);
 }
 

@@ -65,7 +65,7 @@
  * Housekeeping: mail_housekeep (old delivery tokens, expired maildrop locks,
  * stale auth failures) every JOBS_HOUSEKEEP_MS, and at once on taking the lease.
  * Under the same lease, expunged-row pruning (0007_prune.sql): the QRESYNC rows of
- * table expunged older than the retention (JOBS_EXPUNGED_RETENTION_MS, 30 days)
+ * table expunged older than the retention (config expunged_retention, 30 days)
  * are deleted, a pass over the mailboxes that have such rows at most every
  * JOBS_PRUNE_PASS_MS (and at once on taking the lease), in steps of at most
  * JOBS_PRUNE_MAILBOXES mailboxes and JOBS_PRUNE_BATCH rows, one after the other.
@@ -104,10 +104,6 @@
 #define JOBS_GC_DELETE_WINDOW_MS 60000  /* no node delete later than this after the claim */
 #define JOBS_GC_RETRY_MS 60000          /* a blob whose copies could not all go: retry after */
 #define JOBS_HOUSEKEEP_MS 60000         /* housekeeping interval */
-/* expunged rows (QRESYNC VANISHED) are kept this long. TODO(main.c): the router
- * config key expunged_retention (CFG_DURATION, default 30d) is to replace this
- * built-in value once router/main.c declares it */
-#define JOBS_EXPUNGED_RETENTION_MS (30LL * 86400 * 1000)
 #define JOBS_PRUNE_PASS_MS 3600000       /* a new expunged-pruning pass at most this often */
 #define JOBS_PRUNE_MAILBOXES 500         /* mailboxes visited per pruning step */
 #define JOBS_PRUNE_BATCH 10000           /* expunged rows deleted per pruning step */
@@ -1234,7 +1230,7 @@ static void jobs_loop_init(struct rt_loop *l)
 	j->grace_ms = config_duration_ms(rt->cfg, "blob_gc_grace");
 	j->gc_interval_ms = MAIL_MIN(MAIL_MAX(j->grace_ms / 4, JOBS_GC_INTERVAL_MIN_MS),
 				     JOBS_GC_INTERVAL_MAX_MS);
-	j->expunged_keep_ms = JOBS_EXPUNGED_RETENTION_MS;
+	j->expunged_keep_ms = config_duration_ms(rt->cfg, "expunged_retention");
 	snprintf(j->pr_cursor, sizeof(j->pr_cursor), "0");
 	jobs_metrics_init(j);
 	j->tick_ev = event_new(l->base, -1, EV_PERSIST, jobs_tick_cb, j);

@@ -20,7 +20,8 @@
  *  - BODY: case-insensitive SUBSTRING of the message's body text (RFC 9051
  *    6.4.4), "ell" finds "hello", "lo wor" finds "hello world", punctuation
  *    and spaces count like any other character. The body text is what the
- *    delivery stored in message_text.body (router/rt_deliver.c body_text):
+ *    delivery stored in message_text.body (router/rt_deliver.c body_text,
+ *    lower()-cased by the delivery, so a search lower-cases only the key):
  *    every text/... part with its transfer encoding undone, converted to
  *    UTF-8, HTML tags dropped (each tag becomes one space) and the common
  *    entities decoded, line breaks kept as they are (CRLF), parts joined by
@@ -35,7 +36,7 @@
  *    compared as they are, ASCII letters folded) OR of the decoded Subject,
  *    From, To, Cc, Bcc OR BODY as above.
  *  - BODY "" and TEXT "" match every message.
- *  - Cost: the body is read (detoasted, lowercased, scanned) per message of
+ *  - Cost: the body is read (detoasted, scanned) per message of
  *    the searched mailbox only, through message_text's primary key; the
  *    operands of every AND and OR are emitted cheapest first (flags, UIDs,
  *    dates, sizes; then headers; then bodies) so evaluation stops before the
@@ -284,7 +285,7 @@ static bool name_valid(const char *s)
  * delivered before migration 0006, with only its tsvector - the old match of
  * every word. One primary-key lookup per message; no text row, no match. */
 #define BODY_SQL "coalesce((SELECT CASE WHEN t.body IS NOT NULL" \
-		" THEN strpos(lower(t.body), lower($%d::text)) > 0" \
+		" THEN strpos(t.body, lower($%d::text)) > 0" \
 		" ELSE t.tsv @@ plainto_tsquery('simple', $%d::text) END" \
 		" FROM message_text t WHERE t.blob_id = m.blob_id), false)"
 

@@ -689,6 +689,21 @@ static void watch_loop_init(struct rt_loop *l)
 	wl->listener = db_listen(l->db, WATCH_CHANNEL, watch_listen_cb, wl);
 }
 
+/* watch_loop_drain - a drain started: a Watch stream never ends by itself, so
+ * every one is ended UNAVAILABLE at once and its frontend watches again through
+ * another router (and resynchronizes), instead of holding the drain until the
+ * shutdown timeout */
+static void watch_loop_drain(struct rt_loop *l)
+{
+	struct watch_loop *wl = l->mod[WATCH_SLOT];
+	if (wl == NULL || wl->n_watchers == 0)
+		return;
+	log_info("watch streams ended for the drain", "loop=%d watchers=%zu", l->index, wl->n_watchers);
+	for (size_t b = 0; b < WATCH_BUCKETS; b++)
+		while (wl->buckets[b] != NULL)
+			watcher_end(wl->buckets[b], RPC_UNAVAILABLE, "router draining");
+}
+
 /* watch_loop_fini - the loop stops: its calls are gone already; free the rest */
 static void watch_loop_fini(struct rt_loop *l)
 {
@@ -729,4 +744,5 @@ const struct rt_module rt_mod_watch = {
 	.slot = WATCH_SLOT,
 	.loop_init = watch_loop_init,
 	.loop_fini = watch_loop_fini,
+	.loop_drain = watch_loop_drain,
 };

@@ -137,13 +137,15 @@ class MailCluster:
         return self.start()
 
     def __exit__(self, *exc):
+        failed = exc[0] is not None
         try:
             codes = self.stop()
-            if exc[0] is None:
-                bad = {k: v for k, v in codes.items() if v != 0}
-                assert not bad, "daemons exited badly: %s (logs in %s)" % (bad, self.dir)
+            bad = {k: v for k, v in codes.items() if v != 0}
+            if not failed and bad:
+                failed = True   # keep the logs the message points at
+                raise AssertionError("daemons exited badly: %s (logs in %s)" % (bad, self.dir))
         finally:
-            if exc[0] is None:
+            if not failed:
                 self.cleanup()
             else:
                 # keep the logs of a failing test, but never leave processes behind

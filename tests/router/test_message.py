@@ -461,9 +461,10 @@ def test_fetch_meta_header_fields(cl):
 
 # ---------------------------------------------------------------- FetchBody
 
-def nested_sections():
-    """BODY[section] of NESTED for every section it has, written out."""
-    raw = NESTED
+def nested_sections(prefix=b""):
+    """BODY[section] of NESTED for every section it has, written out; prefix:
+    header lines stored in front of it (the Return-Path a Deliver adds)."""
+    raw = prefix + NESTED
     hend = raw.index(b"\r\n\r\n") + 4
     inner_msg = (b"From: nested@example.test\r\nSubject: nested message\r\n\r\nnested body line")
     return {
@@ -616,12 +617,14 @@ def test_through_deliver_rpc(cl):
             time.sleep(0.5)
     assert r.code == OK and [x.code for x in r.results] == [OK], r
     uid = int(cl.one("SELECT uid FROM messages WHERE mailbox_id = %d" % inbox))
-    for section, data in nested_sections().items():
+    # the final delivery put the Return-Path (RFC 5321 4.4) in front of what was sent
+    rp = b"Return-Path: <sender@example.test>\r\n"
+    for section, data in nested_sections(rp).items():
         total, got, missing, _ = fetch_body(cl, acct, inbox, uid, section)
         assert not missing and got == data and total == len(data), section
     m = cl.stub.FetchMeta(pb.FetchMetaRequest(session=sess(acct), mailbox_id=inbox, uids=uidset(uid), envelope=True,
                                               bodystructure=True, body=True, headers=["subject", "From"])).messages[0]
-    assert m.size == len(NESTED) and m.envelope.startswith(b'("Mon, 01 Jan 2024 10:00:00 +0000" "Re: Quarterly')
+    assert m.size == len(rp + NESTED) and m.envelope.startswith(b'("Mon, 01 Jan 2024 10:00:00 +0000" "Re: Quarterly')
     assert m.bodystructure.startswith(b'(("text" "plain"') and m.body.startswith(b'(("text" "plain"')
     assert m.headers == b'From: "Alice Example" <alice@example.test>\r\nSubject: Re: Quarterly report\r\n\r\n'
     for key in (K("HEADER", name="subject", value="QUARTERLY"), K("HEADER", name="from", value="alice@"),

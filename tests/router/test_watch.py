@@ -29,7 +29,7 @@ def lit(v):
 class World:
     def __init__(self, mc):
         self.mc = mc
-        self.stubs = [mc.router_stub(0), mc.router_stub(1)]
+        self.stubs = [mc.router_stub(i) for i in range(len(mc.router_ports))]
         import router_pb2
         self.pb = router_pb2
         self.n = 0
@@ -330,3 +330,25 @@ def test_watch_survives_a_postgresql_restart(w):
             assert e.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < end
     assert ev.kind == w.kind("HELLO")
     again.close()
+
+
+def test_drain_ends_watch_streams():
+    """SIGTERM: a Watch stream never ends by itself, so the draining router ends
+    every one at once with UNAVAILABLE ("router draining": the frontend watches
+    again elsewhere) and exits cleanly without waiting for its shutdown timeout."""
+    with MailCluster(stores=2, routers=1) as mc:
+        w = World(mc)
+        a = w.account("drain@w.test")
+        w.deliver(a)
+        mb = w.mbox_id(a)
+        streams = [w.watch(a, mb, router=0), w.watch(a, 0, router=0)]
+        for s in streams:
+            assert s.next().kind == w.kind("HELLO")
+        assert mc.stop_router(0) == 0
+        for s in streams:
+            ev = s.q.get(timeout=10)
+            assert isinstance(ev, grpc.RpcError) and ev.code() == grpc.StatusCode.UNAVAILABLE, ev
+            assert "router draining" in ev.details()
+        log = mc.router_log(0)
+        assert 'msg="watch streams ended for the drain"' in log and "watchers=2" in log
+        assert "drain timed out" not in log
