@@ -679,25 +679,60 @@ static void cte_decode(struct sbuf *out, const char *enc, const uint8_t *p, size
 	sb_add(out, p, MAIL_MIN(n, max - MAIL_MIN(max, out->len)));
 }
 
-/* html_strip - tags dropped, the common entities decoded (good enough to index) */
+/* html_is_inline - a tag that does not separate words ("hel<b>lo</b>" is "hello") */
+static bool html_is_inline(const char *name)
+{
+	static const char *const inl[] = { "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "em", "font",
+					   "i", "kbd", "mark", "q", "s", "samp", "small", "span", "strike",
+					   "strong", "sub", "sup", "tt", "u", "var" };
+	for (size_t k = 0; k < N_ELEMENTS(inl); k++)
+		if (strcmp(name, inl[k]) == 0)
+			return true;
+	return false;
+}
+
+/* html_skip_to - the index just past the first occurrence of end (ASCII
+ * case-insensitive) at or after i, or n */
+static size_t html_skip_to(const char *s, size_t n, size_t i, const char *end)
+{
+	size_t el = strlen(end);
+	for (; i + el <= n; i++)
+		if (strncasecmp(s + i, end, el) == 0)
+			return i + el;
+	return n;
+}
+
+/* html_strip - the text of an HTML part, for search: tags dropped (a block tag
+ * becomes one space, an inline one nothing), comments, <script> and <style>
+ * content dropped, the common entities decoded */
 static void html_strip(struct sbuf *out, const char *s, size_t n)
 {
 	static const struct { const char *ent; char c; } ents[] = {
 		{ "&amp;", '&' }, { "&lt;", '<' }, { "&gt;", '>' }, { "&quot;", '"' },
 		{ "&nbsp;", ' ' }, { "&#39;", '\'' },
 	};
-	bool in_tag = false;
 	for (size_t i = 0; i < n; i++) {
 		char c = s[i];
-		if (in_tag) {
-			if (c == '>') {
-				in_tag = false;
-				sb_addc(out, ' ');
-			}
-			continue;
-		}
 		if (c == '<') {
-			in_tag = true;
+			if (n - i >= 4 && memcmp(s + i, "<!--", 4) == 0) {
+				i = html_skip_to(s, n, i + 4, "-->") - 1;
+				continue;
+			}
+			size_t j = i + 1;
+			bool closing = j < n && s[j] == '/';
+			j += closing;
+			char name[16];
+			size_t k = 0;
+			while (j < n && k + 1 < sizeof(name) && ((s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') ||
+							    (s[j] >= '0' && s[j] <= '9')))
+				name[k++] = (char)(s[j++] | 0x20);
+			name[k] = '\0';
+			size_t gt = html_skip_to(s, n, j, ">");
+			if (!closing && (strcmp(name, "script") == 0 || strcmp(name, "style") == 0))
+				gt = html_skip_to(s, n, gt, strcmp(name, "script") == 0 ? "</script>" : "</style>");
+			if (!html_is_inline(name))
+				sb_addc(out, ' ');
+			i = gt - 1;
 			continue;
 		}
 		if (c == '&') {

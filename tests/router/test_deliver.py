@@ -806,3 +806,21 @@ def test_group_commit():
             for h in holders:
                 h.wait(10)
         assert e.deliver(["g14@gc.test"], message(n=5014)).results[0].code == OK
+
+
+def test_html_text_for_search(env):
+    """The search text of an HTML part: inline tags join the letters they split,
+    block tags separate words, comments, <style> and <script> leave nothing,
+    entities are decoded; the text is stored lower-cased."""
+    html = (b"<html><head><style>p { color: red }</style></head><body>"
+            b"<p>Hel<b>lo</b> Wor<SPAN class=x>ld</SPAN></p><p>next</p>paragraph<br>line"
+            b"<!-- a secret comment --><script>var hidden = 1;</script>Tom &amp; Jerry"
+            b"<div>unterminated <b tag")
+    body = (b"From: a@remote.example\r\nSubject: html\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html + b"\r\n")
+    assert env.deliver(["erin@dl.test"], body, queue_id="html-000001").results[0].code == OK
+    text = env.one("SELECT body FROM message_text WHERE blob_id = %s" % q(sid(body)))
+    assert "hello world" in text and "next paragraph" in text and "tom & jerry" in text, text
+    for gone in ("color", "secret", "hidden", "<", "nextparagraph", "paragraphline"):
+        assert gone not in text, (gone, text)
+    assert "unterminated" in text
