@@ -150,7 +150,8 @@ struct dlv {
 	/* group commit (Deliver): queued in the loop's batcher, or an item of a batch
 	 * being committed; solo = commit alone with deliver_message */
 	struct dlv *bnext;
-	bool queued, solo;
+	struct dlv_batcher *queued;     /* the queue d waits in, or NULL */
+	bool solo, solo_prepare;
 	struct dlv_batch *batch;
 	size_t batch_idx;
 	char *item_json;                /* this delivery as one mail_deliver_batch item */
@@ -1070,6 +1071,7 @@ static void dlv_put_done(const struct blob_put_result *res, void *arg)
 }
 
 static void dlv_prepare(struct dlv *d);
+static void dlv_prepare_enqueue(struct dlv *d);
 
 /* dlv_prepare_done - the blob row exists (the GC keeps it): upload. The
  * statement is idempotent: a lost answer, or the 40001 a GC's claim on the
@@ -1096,11 +1098,17 @@ static void dlv_prepare_done(const struct db_result *r, void *arg)
 	d->op = blob_put(d->loop->blobs, d->buf, d->len, d->blob_id, dlv_put_done, d);
 }
 
-/* dlv_prepare - mail_blob_prepare: from now on the GC leaves the blob alone */
+/* dlv_prepare - mail_blob_prepare: from now on the GC leaves the blob alone.
+ * Prepares are batched like commits (below), one statement for those that
+ * arrive together; a retry, or a batch refused, goes blob by blob. */
 static void dlv_prepare(struct dlv *d)
 {
 	d->stage = ST_PREPARING;
 	d->prepare_tries++;
+	if (!d->solo_prepare && d->prepare_tries == 1 && d->loop->rt->deliver_batch_max > 1) {
+		dlv_prepare_enqueue(d);
+		return;
+	}
 	char size[24];
 	snprintf(size, sizeof(size), "%zu", d->len);
 	const char *values[2] = { d->blob_id, size };
@@ -1353,10 +1361,18 @@ struct dlv_batch {
 	struct db_request *dbr;
 };
 
+enum dlv_batch_kind { DB_PREPARE, DB_COMMIT };
+
 struct dlv_batcher {
 	struct rt_loop *loop;
-	struct dlv *head, *tail;        /* waiting commits, FIFO (dlv.bnext) */
+	enum dlv_batch_kind kind;
+	struct dlv *head, *tail;        /* waiting items, FIFO (dlv.bnext) */
 	int inflight;
+};
+
+/* the loop's two batchers (rt_loop.mod[DLV_SLOT]) */
+struct dlv_batchers {
+	struct dlv_batcher prepare, commit;
 };
 
 static void dlv_batch_kick(struct dlv_batcher *bt);
@@ -1429,7 +1445,7 @@ static char *dlv_item_json(const struct dlv *d)
 	return sb_steal(&b);
 }
 
-static struct dlv_batcher *dlv_batcher_of(const struct dlv *d)
+static struct dlv_batchers *dlv_batchers_of(const struct dlv *d)
 {
 	return d->loop->mod[DLV_SLOT];
 }
@@ -1437,8 +1453,8 @@ static struct dlv_batcher *dlv_batcher_of(const struct dlv *d)
 /* dlv_unbatch - take d out of the queue or out of its batch (nothing if in neither) */
 static void dlv_unbatch(struct dlv *d)
 {
-	if (d->queued) {
-		struct dlv_batcher *bt = dlv_batcher_of(d);
+	if (d->queued != NULL) {
+		struct dlv_batcher *bt = d->queued;
 		struct dlv **pp = &bt->head, *prev = NULL;
 		while (*pp != d) {
 			prev = *pp;
@@ -1448,7 +1464,7 @@ static void dlv_unbatch(struct dlv *d)
 		if (bt->tail == d)
 			bt->tail = prev;
 		d->bnext = NULL;
-		d->queued = false;
+		d->queued = NULL;
 	}
 	struct dlv_batch *b = d->batch;
 	if (b != NULL) {
@@ -1478,15 +1494,26 @@ static void dlv_batch_done(const struct db_result *r, void *arg)
 			b->items[i]->batch = NULL;
 	bool split = r->status == DB_SQL_ERROR && b->n > 1;
 	if (split) {
-		metric_inc(dlv_m.batch_splits);
-		log_info("delivery batch split", "items=%zu sqlstate=%s why=\"%s\"", b->n, r->sqlstate,
-			 r->message != NULL ? r->message : "");
+		if (bt->kind == DB_COMMIT)
+			metric_inc(dlv_m.batch_splits);
+		log_info(bt->kind == DB_COMMIT ? "delivery batch split" : "blob prepare batch split",
+			 "items=%zu sqlstate=%s why=\"%s\"", b->n, r->sqlstate, r->message != NULL ? r->message : "");
 	}
 	for (size_t i = 0; i < b->n; i++) {
 		struct dlv *d = b->items[i];
 		if (d == NULL)
 			continue;
-		if (r->status == DB_OK) {
+		if (bt->kind == DB_PREPARE) {
+			/* a refusal of several (a GC claim on one blob: 40001) is retried
+			 * blob by blob; one alone goes through the usual retries */
+			if (split) {
+				d->solo_prepare = true;
+				d->prepare_tries--;
+				dlv_prepare(d);
+			} else {
+				dlv_prepare_done(r, d);
+			}
+		} else if (r->status == DB_OK) {
 			dlv_deliver_rows(d, r->res, (long)i + 1, 1);
 		} else if (split) {
 			d->solo = true;
@@ -1508,54 +1535,75 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 		struct dlv_batch *b = XNEW(struct dlv_batch);
 		b->bt = bt;
 		b->items = xcalloc((size_t)rt->deliver_batch_max, sizeof(*b->items));
-		struct sbuf j = { 0 };
-		sb_addc(&j, '[');
+		struct sbuf j = { 0 }, sz = { 0 };
+		sb_addc(&j, bt->kind == DB_COMMIT ? '[' : '{');
+		sb_addc(&sz, '{');
 		while (bt->head != NULL && b->n < (size_t)rt->deliver_batch_max &&
-		       (b->n == 0 || j.len + strlen(bt->head->item_json) < DLV_BATCH_BYTES)) {
+		       (b->n == 0 || bt->kind == DB_PREPARE || j.len + strlen(bt->head->item_json) < DLV_BATCH_BYTES)) {
 			struct dlv *d = bt->head;
 			bt->head = d->bnext;
 			if (bt->head == NULL)
 				bt->tail = NULL;
 			d->bnext = NULL;
-			d->queued = false;
-			if (b->n > 0)
+			d->queued = NULL;
+			if (b->n > 0) {
 				sb_addc(&j, ',');
-			sb_adds(&j, d->item_json);
+				sb_addc(&sz, ',');
+			}
+			if (bt->kind == DB_COMMIT) {
+				sb_adds(&j, d->item_json);
+			} else {
+				char size[24];
+				snprintf(size, sizeof(size), "%zu", d->len);
+				sb_adds(&j, d->blob_id);
+				sb_adds(&sz, size);
+			}
 			d->batch = b;
 			d->batch_idx = b->n;
 			b->items[b->n++] = d;
 		}
-		sb_addc(&j, ']');
+		sb_addc(&j, bt->kind == DB_COMMIT ? ']' : '}');
+		sb_addc(&sz, '}');
 		b->live = b->n;
 		bt->inflight++;
-		metric_inc(dlv_m.batches);
-		metric_add(dlv_m.batch_items, (double)b->n);
-		const char *values[1] = { j.d };
-		b->dbr = db_exec(bt->loop->db, "deliver_batch", 1, values, NULL, NULL, 0, dlv_batch_done, b);
+		const char *values[2] = { j.d, sz.d };
+		if (bt->kind == DB_COMMIT) {
+			metric_inc(dlv_m.batches);
+			metric_add(dlv_m.batch_items, (double)b->n);
+			b->dbr = db_exec(bt->loop->db, "deliver_batch", 1, values, NULL, NULL, 0, dlv_batch_done, b);
+		} else {
+			b->dbr = db_exec(bt->loop->db, "deliver_blob_prepare_many", 2, values, NULL, NULL, 0,
+					 dlv_batch_done, b);
+		}
 		free(j.d);
+		free(sz.d);
 	}
 }
 
-/* dlv_batch_enqueue - commit d with the next batch */
-static void dlv_batch_enqueue(struct dlv *d)
+/* dlv_batch_enqueue - d joins the next batch of bt */
+static void dlv_batch_enqueue(struct dlv_batcher *bt, struct dlv *d)
 {
-	struct dlv_batcher *bt = dlv_batcher_of(d);
-	if (d->item_json == NULL)
-		d->item_json = dlv_item_json(d);
 	if (bt->tail != NULL)
 		bt->tail->bnext = d;
 	else
 		bt->head = d;
 	bt->tail = d;
-	d->queued = true;
+	d->queued = bt;
 	dlv_batch_kick(bt);
+}
+
+static void dlv_prepare_enqueue(struct dlv *d)
+{
+	dlv_batch_enqueue(&dlv_batchers_of(d)->prepare, d);
 }
 
 static void dlv_loop_init(struct rt_loop *l)
 {
-	struct dlv_batcher *bt = XNEW(struct dlv_batcher);
-	bt->loop = l;
-	l->mod[DLV_SLOT] = bt;
+	struct dlv_batchers *bts = XNEW(struct dlv_batchers);
+	bts->prepare.loop = bts->commit.loop = l;
+	bts->prepare.kind = DB_PREPARE;
+	bts->commit.kind = DB_COMMIT;
+	l->mod[DLV_SLOT] = bts;
 }
 
 static void dlv_loop_fini(struct rt_loop *l)
@@ -1607,7 +1655,9 @@ static void dlv_commit(struct dlv *d)
 	snprintf(acct, sizeof(acct), "%" PRIu64, d->account_id);
 	const char *hdr = d->header_size > 0 ? (const char *)d->buf : "";
 	if (d->kind == DLV_DELIVER && !d->solo && d->loop->rt->deliver_batch_max > 1) {
-		dlv_batch_enqueue(d);
+		if (d->item_json == NULL)
+			d->item_json = dlv_item_json(d);
+		dlv_batch_enqueue(&dlv_batchers_of(d)->commit, d);
 		return;
 	}
 	if (d->kind == DLV_DELIVER) {
@@ -2215,6 +2265,7 @@ static const struct db_stmt dlv_stmts[] = {
 	  " FROM (SELECT EXISTS (SELECT 1 FROM accounts a WHERE a.id = $3::bigint AND NOT a.disabled)"
 	  " AS sender_ok) AS s LEFT JOIN mail_resolve(ARRAY[$1::text], $2::bigint) AS r ON true", 3 },
 	{ "deliver_blob_prepare", "SELECT mail_blob_prepare($1::text, $2::bigint)", 2 },
+	{ "deliver_blob_prepare_many", "SELECT mail_blob_prepare_many($1::text[], $2::bigint[])", 2 },
 	{ "deliver_message",
 	  "SELECT rcpt, target, status, account_id, mailbox_id, uid, queue_id FROM mail_deliver_message("
 	  "$1::text[], $2::text[], $3::text[], $4::text, $5::bigint, $6::text, $7::text, $8::text, $9::bigint,"

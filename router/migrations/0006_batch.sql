@@ -43,6 +43,19 @@ LANGUAGE sql AS $$
 	SET unreferenced_since = CASE WHEN blobs.refcount = 0 THEN now() END
 $$;
 
+-- mail_blob_prepare_many - mail_blob_prepare of several blobs in one statement
+-- (the router batches the prepares of deliveries that arrive together), rows taken
+-- in id order; a blob under a GC claim refuses the whole statement (40001) and
+-- the router prepares the blobs one by one
+CREATE FUNCTION mail_blob_prepare_many(p_ids text[], p_sizes bigint[]) RETURNS void
+LANGUAGE sql AS $$
+	SELECT set_config('synchronous_commit', 'off', true);
+	INSERT INTO blobs (id, size)
+	SELECT DISTINCT ON (u.id) u.id, u.size FROM unnest(p_ids, p_sizes) AS u(id, size) ORDER BY u.id
+	ON CONFLICT (id) DO UPDATE
+	SET unreferenced_since = CASE WHEN blobs.refcount = 0 THEN now() END
+$$;
+
 -- mail_deliver - as in 0001, but the body text is stored as text for the substring
 -- search instead of being turned into a tsvector.
 CREATE OR REPLACE FUNCTION mail_deliver(p_account_ids bigint[], p_mailbox text, p_blob_id text,

@@ -824,3 +824,48 @@ def test_html_text_for_search(env):
     for gone in ("color", "secret", "hidden", "<", "nextparagraph", "paragraphline"):
         assert gone not in text, (gone, text)
     assert "unterminated" in text
+
+
+def test_prepare_batch_split():
+    """The blob prepares of deliveries that arrive together go as one statement;
+    one blob of such a batch under a GC claim (40001) makes the router prepare
+    the blobs one by one: the others go on at once, the claimed one is retried
+    until the claim is gone, and every delivery is acknowledged."""
+    from pgcluster import PG_BIN
+    with MailCluster(stores=2, routers=1, workers=1, router_args=["--deliver-batch-inflight=1"]) as mc:
+        e = Env(mc)
+        for i in range(4):
+            e.account("p%d@pb.test" % i)
+        pg = mc.pg
+        bx, by = message(n=7001), message(n=7002)
+        x, y = sid(bx), sid(by)
+        mc.psql("SELECT mail_blob_prepare(%s, %d), mail_blob_prepare(%s, %d); "
+                "UPDATE blobs SET gc_claimed_at = clock_timestamp() WHERE id = %s"
+                % (q(x), len(stored(bx)), q(y), len(stored(by)), q(y)))
+        holder = subprocess.Popen(
+            [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
+             "-U", "postgres", "-d", mc.db, "-c",
+             "BEGIN; SELECT 1 FROM blobs WHERE id = %s FOR UPDATE; SELECT pg_sleep(1.0); COMMIT;" % q(x)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        unclaim = threading.Timer(1.3, lambda: mc.psql("UPDATE blobs SET gc_claimed_at = NULL WHERE id = %s" % q(y)))
+        unclaim.start()
+        try:
+            time.sleep(0.3)
+
+            def send(rcpt, body):
+                return e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope([rcpt])),
+                                                   pb.DeliverRequest(data=body)]), timeout=60)
+            first = send("p0@pb.test", bx)   # its prepare waits on the held row
+            end = time.monotonic() + 10
+            while e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_blob_prepare%' "
+                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()") == "0":
+                assert time.monotonic() < end
+                time.sleep(0.05)
+            rest = [send("p1@pb.test", message(n=7003)), send("p2@pb.test", by), send("p3@pb.test", message(n=7004))]
+            assert all(f.result(timeout=60).results[0].code == OK for f in [first] + rest)
+        finally:
+            holder.wait(10)
+            unclaim.join()
+        assert 'msg="blob prepare batch split"' in mc.router_log(0)
+        assert e.one("SELECT refcount FROM blobs WHERE id = %s" % q(y)) == "1"
+        assert len(e.holders(y)) == 2
