@@ -94,6 +94,9 @@
 #define JOBS_NODE_DOWN_GRACE_MS 10000   /* a down node counts as lost after this long */
 #define JOBS_REPAIR_PAGE 500            /* blobs per placement scan step */
 #define JOBS_REPAIR_PASS_MS 5000        /* a new placement pass at most this often */
+#define JOBS_REPAIR_PAGE_GAP_MS 50      /* between pages of one pass: at most 10,000 rows/s,
+					 * so a pass over millions of blobs is a steady
+					 * trickle, not a full-speed scan every 5 s */
 #define JOBS_VERIFY_PAGE 1000           /* ids per verification step */
 #define JOBS_VERIFY_PASS_MS 10000       /* a node's new verification pass at most this often */
 #define JOBS_REPAIR_PARALLEL 8          /* copies running at once */
@@ -189,6 +192,7 @@ struct jobs {
 	char a_cursor[BLOB_ID_HEX_LEN + 1];
 	bool a_in_pass;
 	int64_t a_pass_start;
+	int64_t a_next_page;            /* the pass's next page not before this */
 	size_t v_node;
 	bool v_in_pass;
 	char v_cursor[BLOB_ID_HEX_LEN + 1];
@@ -588,6 +592,12 @@ static void scan_a_done(const struct db_result *r, void *arg)
 /* scan_a_start - the next page of the placement scan; false when not due */
 static bool scan_a_start(struct jobs *j, int64_t now)
 {
+	if (j->a_in_pass && now < j->a_next_page) {
+		int64_t ms = j->a_next_page - now;
+		struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+		event_add(j->kick_ev, &tv);
+		return false;
+	}
 	if (!j->a_in_pass) {
 		if (now - j->a_pass_start < JOBS_REPAIR_PASS_MS)
 			return false;
@@ -607,6 +617,7 @@ static bool scan_a_start(struct jobs *j, int64_t now)
 	const char *v[5] = { j->rt->node_id, j->a_cursor, lim,
 			     jobs_names_text(j, live, live_text, sizeof(live_text)), r };
 	metric_inc(j->lease[JOB_REPAIR].m_steps);
+	j->a_next_page = now + JOBS_REPAIR_PAGE_GAP_MS;
 	j->scan_req = db_exec(j->db, "jobs_repair_scan", 5, v, NULL, NULL, 0, scan_a_done, j);
 	return true;
 }
