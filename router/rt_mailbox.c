@@ -931,25 +931,72 @@ static int mbx_state_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* select_done - the SelectReply from mail_select's rows (see 0003_mailbox.sql) */
-static void select_done(struct mbx_req *req, const PGresult *res)
+/* The rows of mail_select and mail_select_page: one 'h' (header), 'k' rows
+ * (keyword index in column 1, name in kw_name_col) and the item rows (kind
+ * 'm' messages or 'r' runs) whose keyword indexes are an int[] in kw_col. */
+
+/* mbx_select_count - the header row (or -1), and how many items, keywords and
+ * keyword indexes the rows hold */
+static int mbx_select_count(const PGresult *res, char item, int kw_col, size_t *n_items, size_t *n_kw,
+			    size_t *n_idx)
 {
-	int rows = PQntuples(res);
 	int hrow = -1;
-	size_t n_msg = 0, n_kw = 0, n_idx = 0;
-	for (int r = 0; r < rows; r++) {
+	*n_items = *n_kw = *n_idx = 0;
+	for (int r = 0; r < PQntuples(res); r++) {
 		const char *kind = PQgetvalue(res, r, 0);
 		if (kind[0] == 'h') {
 			hrow = r;
 		} else if (kind[0] == 'k') {
-			n_kw++;
-		} else if (kind[0] == 'm') {
-			n_msg++;
-			if (!PQgetisnull(res, r, 4))
-				for (const char *p = PQgetvalue(res, r, 4); *p != '\0'; p++)
-					n_idx += *p == ',' || *p == '{';
+			(*n_kw)++;
+		} else if (kind[0] == item) {
+			(*n_items)++;
+			if (!PQgetisnull(res, r, kw_col))
+				for (const char *p = PQgetvalue(res, r, kw_col); *p != '\0'; p++)
+					*n_idx += *p == ',' || *p == '{';
 		}
 	}
+	return hrow;
+}
+
+/* mbx_select_keywords - the keyword names into kws[n_kw] by their index; NULL,
+ * or what is wrong */
+static const char *mbx_select_keywords(const PGresult *res, int kw_name_col, char **kws, size_t n_kw)
+{
+	for (int r = 0; r < PQntuples(res); r++) {
+		if (PQgetvalue(res, r, 0)[0] != 'k')
+			continue;
+		uint64_t i = mbx_u64(res, r, 1);
+		if (i >= n_kw || kws[i] != NULL)
+			return "keyword index";
+		kws[i] = PQgetvalue(res, r, kw_name_col);
+	}
+	return NULL;
+}
+
+/* mbx_select_kw_indexes - the keyword indexes of row r (column col) appended to
+ * idx (*used of n_idx taken); how many, or -1 for an index past n_kw */
+static int64_t mbx_select_kw_indexes(const PGresult *res, int r, int col, uint32_t *idx, size_t *used,
+				     size_t n_idx, size_t n_kw)
+{
+	int64_t n = 0, v;
+	if (PQgetisnull(res, r, col))
+		return 0;
+	const char *p = PQgetvalue(res, r, col);
+	while ((v = mbx_int_array_next(&p)) >= 0 && *used < n_idx) {
+		if ((uint64_t)v >= n_kw)
+			return -1;
+		idx[(*used)++] = (uint32_t)v;
+		n++;
+	}
+	return n;
+}
+
+/* select_done - the SelectReply from mail_select's rows (see 0003_mailbox.sql) */
+static void select_done(struct mbx_req *req, const PGresult *res)
+{
+	int rows = PQntuples(res);
+	size_t n_msg, n_kw, n_idx;
+	int hrow = mbx_select_count(res, 'm', 4, &n_msg, &n_kw, &n_idx);
 	if (hrow < 0) {
 		mbx_reply_code(req, CODE(NO_SUCH_MAILBOX));
 		return;
@@ -968,15 +1015,7 @@ static void select_done(struct mbx_req *req, const PGresult *res)
 	rep.uidnext = mbx_u32(res, hrow, 7);
 	rep.highestmodseq = mbx_u64(res, hrow, 2);
 	uint64_t first_recent = mbx_u64(res, hrow, 8);
-	for (int r = 0; r < rows && bad == NULL; r++) {
-		if (PQgetvalue(res, r, 0)[0] != 'k')
-			continue;
-		uint64_t i = mbx_u64(res, r, 1);
-		if (i >= n_kw || kws[i] != NULL)
-			bad = "keyword index";
-		else
-			kws[i] = PQgetvalue(res, r, 10);
-	}
+	bad = mbx_select_keywords(res, 10, kws, n_kw);
 	size_t k = 0, used = 0;
 	bool sorted = true;
 	for (int r = 0; r < rows && bad == NULL; r++) {
@@ -989,19 +1028,14 @@ static void select_done(struct mbx_req *req, const PGresult *res)
 		s->flags = (uint32_t)mbx_u64(res, r, 3) & 31;
 		if (s->uid >= first_recent)
 			s->flags |= MAIL__ROUTER__V1__FLAG__FLAG_RECENT;
-		if (!PQgetisnull(res, r, 4)) {
+		if (!PQgetisnull(res, r, 4))
 			s->keywords = &idx[used];
-			const char *p = PQgetvalue(res, r, 4);
-			int64_t v;
-			while ((v = mbx_int_array_next(&p)) >= 0 && used < n_idx) {
-				if ((uint64_t)v >= n_kw) {
-					bad = "message keyword index";
-					break;
-				}
-				idx[used++] = (uint32_t)v;
-				s->n_keywords++;
-			}
+		int64_t nk = mbx_select_kw_indexes(res, r, 4, idx, &used, n_idx, n_kw);
+		if (nk < 0) {
+			bad = "message keyword index";
+			break;
 		}
+		s->n_keywords = (size_t)nk;
 		if (k > 0 && ptrs[k - 1]->uid >= s->uid)
 			sorted = false;
 		ptrs[k++] = s;
@@ -1083,21 +1117,8 @@ static size_t mbx_field_size(size_t n)
 static void select_runs_done(struct mbx_req *req, const PGresult *res)
 {
 	int rows = PQntuples(res);
-	int hrow = -1;
-	size_t n_run = 0, n_kw = 0, n_idx = 0;
-	for (int r = 0; r < rows; r++) {
-		const char *kind = PQgetvalue(res, r, 0);
-		if (kind[0] == 'h') {
-			hrow = r;
-		} else if (kind[0] == 'k') {
-			n_kw++;
-		} else if (kind[0] == 'r') {
-			n_run++;
-			if (!PQgetisnull(res, r, 5))
-				for (const char *p = PQgetvalue(res, r, 5); *p != '\0'; p++)
-					n_idx += *p == ',' || *p == '{';
-		}
-	}
+	size_t n_run, n_kw, n_idx;
+	int hrow = mbx_select_count(res, 'r', 5, &n_run, &n_kw, &n_idx);
 	if (hrow < 0) {
 		mbx_reply_code(req, CODE(NO_SUCH_MAILBOX));
 		return;
@@ -1126,15 +1147,8 @@ static void select_runs_done(struct mbx_req *req, const PGresult *res)
 	if (sql_more && sql_last <= req->after_uid)
 		bad = "page end";
 
-	for (int r = 0; r < rows && bad == NULL; r++) {
-		if (PQgetvalue(res, r, 0)[0] != 'k')
-			continue;
-		uint64_t i = mbx_u64(res, r, 1);
-		if (i >= n_kw || sql_kw[i] != NULL)
-			bad = "keyword index";
-		else
-			sql_kw[i] = PQgetvalue(res, r, 11);
-	}
+	if (bad == NULL)
+		bad = mbx_select_keywords(res, 11, sql_kw, n_kw);
 	size_t k = 0, used = 0;
 	bool sorted = true;
 	for (int r = 0; r < rows && bad == NULL; r++) {
@@ -1152,18 +1166,12 @@ static void select_runs_done(struct mbx_req *req, const PGresult *res)
 		if (first_recent > 0 && u->first >= first_recent)
 			u->flags |= MAIL__ROUTER__V1__FLAG__FLAG_RECENT;
 		u->kw = &idx[used];
-		if (!PQgetisnull(res, r, 5)) {
-			const char *p = PQgetvalue(res, r, 5);
-			int64_t v;
-			while ((v = mbx_int_array_next(&p)) >= 0 && used < n_idx) {
-				if ((uint64_t)v >= n_kw) {
-					bad = "run keyword index";
-					break;
-				}
-				idx[used++] = (uint32_t)v;
-				u->n_kw++;
-			}
+		int64_t nk = mbx_select_kw_indexes(res, r, 5, idx, &used, n_idx, n_kw);
+		if (nk < 0) {
+			bad = "run keyword index";
+			break;
 		}
+		u->n_kw = (size_t)nk;
 		if (k > 0 && runs[k - 1].first >= u->first)
 			sorted = false;
 		k++;
