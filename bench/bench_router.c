@@ -18,8 +18,9 @@
  *  3. store Put of distinct 10 KiB blobs straight to store node 1 with 1, 16 and
  *     64 concurrent clients, N seconds each.
  * The database starts with 20,000 older blob rows and delivery tokens and fresh
- * statistics, as a server in service has. pg_stat_statements (when installed) is loaded, and the statements that took the
- * server's time during the 64-stream point are printed (pg_statement lines).
+ * statistics, as a server in service has. pg_stat_statements (when installed)
+ * is loaded, and the statements that took the server's time during each
+ * delivery point are printed (pg_statement lines).
  * Prints key=value lines; the issue's target is deliveries/s at each concurrency
  * not below half the store's Put/s at the same concurrency (ratio= lines).
  * Nothing is asserted. Logs and data are removed at the end unless --keep. */
@@ -221,7 +222,7 @@ static void pg_top(struct cluster *cl, const char *phase)
 		    "round((total_exec_time / 1000)::numeric, 2) || ' ' || "
 		    "left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements "
 		    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'mail') "
-		    "ORDER BY total_exec_time DESC LIMIT 30", out, 64 * 1024) == 0) {
+		    "ORDER BY total_exec_time DESC LIMIT 20", out, 64 * 1024) == 0) {
 		for (char *line = out, *next; line != NULL && *line != '\0'; line = next) {
 			next = strchr(line, '\n');
 			if (next != NULL)
@@ -381,16 +382,42 @@ static void cluster_stop(struct cluster *cl)
 	pg_stop(cl);
 }
 
-/* db_stats - the router's db_query_seconds sum and count (from /metrics): where a
- * delivery's time goes. Zeros when the scrape fails. */
-static void db_stats(const struct cluster *cl, double *sum_r, double *count_r)
+/* router_stats - from the router's /metrics: db_query_seconds, and the
+ * deliver_stage_seconds of each stage a delivery goes through */
+static const char *const br_stages[] = { "receive", "parse", "prepare", "put", "commit" };
+#define BR_N_STAGES 5
+struct router_stats {
+	double db_sum, db_count;
+	double stage_sum[BR_N_STAGES], stage_count[BR_N_STAGES];
+};
+
+/* stats_line - add a "name{labels} value" line to st when it is one we keep */
+static void stats_line(struct router_stats *st, const char *line, double v)
+{
+	if (strncmp(line, "db_query_seconds_sum", 20) == 0)
+		st->db_sum += v;
+	else if (strncmp(line, "db_query_seconds_count", 22) == 0)
+		st->db_count += v;
+	for (int i = 0; i < BR_N_STAGES; i++) {
+		char key[96];
+		snprintf(key, sizeof(key), "deliver_stage_seconds_sum{stage=\"%s\"}", br_stages[i]);
+		if (strncmp(line, key, strlen(key)) == 0)
+			st->stage_sum[i] += v;
+		snprintf(key, sizeof(key), "deliver_stage_seconds_count{stage=\"%s\"}", br_stages[i]);
+		if (strncmp(line, key, strlen(key)) == 0)
+			st->stage_count[i] += v;
+	}
+}
+
+/* router_stats - scrape; zeros when the scrape fails */
+static void router_stats(const struct cluster *cl, struct router_stats *st)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)cl->metrics_port),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	char *buf = xmalloc(1 << 20);
 	size_t n = 0;
 	ssize_t r;
-	*sum_r = *count_r = 0;
+	memset(st, 0, sizeof(*st));
 	int s = socket(AF_INET, SOCK_STREAM, 0);
 	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		if (s >= 0)
@@ -409,12 +436,8 @@ static void db_stats(const struct cluster *cl, double *sum_r, double *count_r)
 		if (next != NULL)
 			*next++ = '\0';
 		const char *sp = strrchr(line, ' ');
-		if (sp == NULL)
-			continue;
-		if (strncmp(line, "db_query_seconds_sum", 20) == 0)
-			*sum_r += atof(sp + 1);
-		else if (strncmp(line, "db_query_seconds_count", 22) == 0)
-			*count_r += atof(sp + 1);
+		if (sp != NULL)
+			stats_line(st, line, atof(sp + 1));
 	}
 	free(buf);
 }
@@ -796,22 +819,26 @@ int main(int argc, char **argv)
 	double deliver_rate[N_ELEMENTS(streams)];
 	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
 	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
-		double s0, c0, s1, c1;
-		db_stats(cl, &s0, &c0);
+		struct router_stats a, b;
+		router_stats(cl, &a);
 		struct result r = bench_run(cl->router_addr, BR_DELIVER, streams[i], seconds, 0,
 					    NULL, 0, 0);
-		db_stats(cl, &s1, &c1);
+		router_stats(cl, &b);
+		double s0 = a.db_sum, c0 = a.db_count, s1 = b.db_sum, c1 = b.db_count;
 		deliver_rate[i] = r.rate;
 		printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
 		       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
 		       streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors, r.done ? (c1 - c0) / (double)r.done : 0,
 		       c1 > c0 ? (s1 - s0) / (c1 - c0) * 1e3 : 0);
+		printf("router_deliver_stages streams=%d", streams[i]);
+		for (int k = 0; k < BR_N_STAGES; k++) {
+			double n = b.stage_count[k] - a.stage_count[k];
+			printf(" %s_ms=%.2f", br_stages[k], n > 0 ? (b.stage_sum[k] - a.stage_sum[k]) / n * 1e3 : 0);
+		}
+		printf("\n");
 		char phase[32];
 		snprintf(phase, sizeof(phase), "deliver_%d", streams[i]);
-		if (streams[i] == 64)
-			pg_top(cl, phase);   /* where the server's time went at the highest load */
-		else
-			psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
+		pg_top(cl, phase);   /* where the server's time went at this load */
 		fflush(stdout);
 	}
 

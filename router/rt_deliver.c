@@ -82,18 +82,27 @@ static const char *const dlv_result_names[DR_N] = {
 	"ok", "refused", "invalid", "too_big", "unavailable", "error", "cancelled"
 };
 
+enum dlv_stage {
+	ST_RECEIVING, ST_PARSING, ST_PREPARING, ST_PREPARE_WAIT, ST_PUTTING, ST_COMMITTING, ST_COMMIT_WAIT
+};
+/* where a call's time goes (deliver_stage_seconds): a wait counts with its stage */
+enum dlv_phase { PH_RECEIVE, PH_PARSE, PH_PREPARE, PH_PUT, PH_COMMIT, PH_N };
+static const char *const dlv_phase_names[PH_N] = { "receive", "parse", "prepare", "put", "commit" };
+static const enum dlv_phase dlv_phase_of[] = {
+	[ST_RECEIVING] = PH_RECEIVE, [ST_PARSING] = PH_PARSE, [ST_PREPARING] = PH_PREPARE,
+	[ST_PREPARE_WAIT] = PH_PREPARE, [ST_PUTTING] = PH_PUT, [ST_COMMITTING] = PH_COMMIT,
+	[ST_COMMIT_WAIT] = PH_COMMIT,
+};
+
 static struct {
 	struct metric *total[2][DR_N];
 	struct metric *bytes[2];
 	struct metric *seconds[2];
+	struct metric *phase_seconds[2][PH_N];
 	struct metric *resolve[6];
 	struct metric *retries;
 	struct metric *batches, *batch_items, *batch_splits;
 } dlv_m;
-
-enum dlv_stage {
-	ST_RECEIVING, ST_PARSING, ST_PREPARING, ST_PREPARE_WAIT, ST_PUTTING, ST_COMMITTING, ST_COMMIT_WAIT
-};
 
 struct dlv_rcpt {
 	char *address;
@@ -109,6 +118,7 @@ struct dlv {
 	struct daemon_worker *w;        /* held while the dlv lives */
 	uint64_t call_id;
 	double t0;
+	double t_stage;                 /* when the current phase began */
 	enum dlv_stage stage;
 	bool got_first, half_closed, job_pending, retried;
 	int prepare_tries;
@@ -161,6 +171,19 @@ struct dlv {
 	struct blob_op *op;
 	struct event *retry_ev;
 };
+
+static double dlv_now(void);
+
+/* dlv_set_stage - enter stage st, counting the time spent in the phase it ends */
+static void dlv_set_stage(struct dlv *d, enum dlv_stage st)
+{
+	if (dlv_phase_of[st] != dlv_phase_of[d->stage]) {
+		double now = dlv_now();
+		metric_observe(dlv_m.phase_seconds[d->kind][dlv_phase_of[d->stage]], now - d->t_stage);
+		d->t_stage = now;
+	}
+	d->stage = st;
+}
 
 static double dlv_now(void)
 {
@@ -874,7 +897,7 @@ static struct dlv *dlv_new(struct rpc_call *call, enum dlv_kind kind)
 	d->call = call;
 	d->loop = rt_loop_of_call(call);
 	d->call_id = rpc_call_id(call);
-	d->t0 = dlv_now();
+	d->t0 = d->t_stage = dlv_now();
 	d->w = rt_worker_hold(call);
 	rpc_call_set_data(call, d);
 	return d;
@@ -920,8 +943,10 @@ static void dlv_finish(struct dlv *d, enum dlv_result dr, const ProtobufCMessage
 {
 	metric_inc(dlv_m.total[d->kind][dr]);
 	metric_observe(dlv_m.seconds[d->kind], dlv_now() - d->t0);
-	if (dr == DR_OK)
+	if (dr == DR_OK) {
 		metric_add(dlv_m.bytes[d->kind], (double)d->len);
+		metric_observe(dlv_m.phase_seconds[d->kind][dlv_phase_of[d->stage]], dlv_now() - d->t_stage);
+	}
 	if (d->call != NULL) {
 		if (st != RPC_OK)
 			log_info("delivery failed", "call=%" PRIu64 " kind=%s status=%s msg=\"%s\" size=%zu",
@@ -1083,7 +1108,7 @@ static void dlv_prepare_done(const struct db_result *r, void *arg)
 	if (r->status != DB_OK) {
 		bool transient = r->status == DB_UNAVAILABLE || db_result_retryable(r);
 		if (transient && d->prepare_tries < DLV_PREPARE_TRIES) {
-			d->stage = ST_PREPARE_WAIT;
+			dlv_set_stage(d, ST_PREPARE_WAIT);
 			log_debug("blob prepare retried", "call=%" PRIu64 " blob=%.16s try=%d sqlstate=%s", d->call_id,
 				  d->blob_id, d->prepare_tries, r->sqlstate);
 			dlv_retry_later(d, DLV_PREPARE_DELAY_MS);
@@ -1094,7 +1119,7 @@ static void dlv_prepare_done(const struct db_result *r, void *arg)
 		}
 		return;
 	}
-	d->stage = ST_PUTTING;
+	dlv_set_stage(d, ST_PUTTING);
 	d->op = blob_put(d->loop->blobs, d->buf, d->len, d->blob_id, dlv_put_done, d);
 }
 
@@ -1103,7 +1128,7 @@ static void dlv_prepare_done(const struct db_result *r, void *arg)
  * arrive together; a retry, or a batch refused, goes blob by blob. */
 static void dlv_prepare(struct dlv *d)
 {
-	d->stage = ST_PREPARING;
+	dlv_set_stage(d, ST_PREPARING);
 	d->prepare_tries++;
 	if (!d->solo_prepare && d->prepare_tries == 1 && d->loop->rt->deliver_batch_max > 1) {
 		dlv_prepare_enqueue(d);
@@ -1144,7 +1169,7 @@ static void dlv_parse_done(void *arg)
  * on the pool when it is big. May finish and free d. */
 static void dlv_store(struct dlv *d)
 {
-	d->stage = ST_PARSING;
+	dlv_set_stage(d, ST_PARSING);
 	if (d->len > DLV_INLINE_PARSE) {
 		d->job_pending = true;
 		if (workpool_submit(d->loop->rt->hashers, d->loop->base, dlv_parse_work, dlv_parse_done, d) == 0)
@@ -1184,7 +1209,7 @@ static bool dlv_commit_failed(struct dlv *d, const struct db_result *r)
 	if (!transient || d->retried)
 		return false;
 	d->retried = true;
-	d->stage = ST_COMMIT_WAIT;
+	dlv_set_stage(d, ST_COMMIT_WAIT);
 	metric_inc(dlv_m.retries);
 	log_info("delivery commit retried", "call=%" PRIu64 " kind=%s token=%s may_have_executed=%d why=\"%s\"",
 		 d->call_id, dlv_kind_names[d->kind], d->token, (int)r->may_have_executed,
@@ -1649,7 +1674,7 @@ static void dlv_append_done(const struct db_result *r, void *arg)
 /* dlv_commit - the one statement that makes the message exist (again on a retry) */
 static void dlv_commit(struct dlv *d)
 {
-	d->stage = ST_COMMITTING;
+	dlv_set_stage(d, ST_COMMITTING);
 	char size[24], acct[24], date[24], flags[16];
 	snprintf(size, sizeof(size), "%zu", d->len);
 	snprintf(acct, sizeof(acct), "%" PRIu64, d->account_id);
@@ -2236,6 +2261,13 @@ static void dlv_main_init(struct router *rt, struct httpd *admin, struct httpd *
 		dlv_m.bytes[k] = metric_counter(name, "bytes of messages stored");
 		snprintf(name, sizeof(name), "%s_seconds", dlv_kind_names[k]);
 		dlv_m.seconds[k] = metric_histogram(name, "duration from the first message to the answer", NULL, 0);
+		for (int ph = 0; ph < PH_N; ph++) {
+			snprintf(name, sizeof(name), "%s_stage_seconds{stage=\"%s\"}", dlv_kind_names[k],
+				 dlv_phase_names[ph]);
+			dlv_m.phase_seconds[k][ph] = metric_histogram(name,
+				"time a call spent receiving, parsing, preparing the blob row, putting the blob, committing",
+				NULL, 0);
+		}
 	}
 	for (int i = 0; i < 6; i++) {
 		char name[96];

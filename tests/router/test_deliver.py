@@ -807,6 +807,47 @@ def test_group_commit():
                 h.wait(10)
         assert e.deliver(["g14@gc.test"], message(n=5014)).results[0].code == OK
 
+        # 4. one batch mixing the set-based way (which updates the counters itself)
+        # with items committed one by one (an account two items share, an alias,
+        # the same bytes twice): every counter still matches the rows
+        e.alias("team@gc.test", ["g19@gc.test", "g15@gc.test"])
+        holder = hold_account("g0@gc.test", 1.5)
+        same = message(n=6000)
+        try:
+            time.sleep(0.3)
+            first = send("g0@gc.test", message(n=6001))
+            wait_blocked()
+            mixed = [send("g15@gc.test", message(n=6015)), send("g18@gc.test", message(n=6018)),
+                     send("g18@gc.test", message(n=6019)), send("team@gc.test", message(n=6020)),
+                     send("g16@gc.test", same), send("g17@gc.test", same),
+                     e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope(["g2@gc.test", "g3@gc.test"])),
+                                                 pb.DeliverRequest(data=message(n=6023))]), timeout=60)]
+            assert first.result(timeout=60).results[0].code == OK
+            for f in mixed:
+                assert all(r.code == OK for r in f.result(timeout=60).results)
+        finally:
+            holder.wait(10)
+        assert e.one("SELECT refcount FROM blobs WHERE id = '%s'" % sid(same)) == "2"
+        assert_counters(e)
+
+
+def assert_counters(e):
+    """The counters the delivery path keeps (mailbox counts and bytes, account
+    usage, blob refcounts) equal what the rows say."""
+    assert e.rows("SELECT mb.id FROM mailboxes mb LEFT JOIN (SELECT mailbox_id, count(*) AS n, "
+                  "count(*) FILTER (WHERE flags & 1 = 0) AS unseen, count(*) FILTER (WHERE flags & 8 <> 0) AS del, "
+                  "sum(size) AS bytes FROM messages GROUP BY mailbox_id) m ON m.mailbox_id = mb.id "
+                  "WHERE (mb.message_count, mb.unseen_count, mb.deleted_count, mb.total_bytes) <> "
+                  "(coalesce(m.n, 0), coalesce(m.unseen, 0), coalesce(m.del, 0), coalesce(m.bytes, 0))") == []
+    assert e.rows("SELECT a.id FROM accounts a LEFT JOIN (SELECT mb.account_id, count(*) AS n, sum(m.size) AS bytes "
+                  "FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id GROUP BY mb.account_id) u "
+                  "ON u.account_id = a.id WHERE (a.used_messages, a.used_bytes) <> "
+                  "(coalesce(u.n, 0), coalesce(u.bytes, 0))") == []
+    assert e.rows("SELECT b.id FROM blobs b LEFT JOIN (SELECT blob_id, count(*) AS n FROM "
+                  "(SELECT blob_id FROM messages UNION ALL SELECT blob_id FROM outbound_queue) r GROUP BY blob_id) c "
+                  "ON c.blob_id = b.id WHERE b.refcount <> coalesce(c.n, 0) "
+                  "OR (b.refcount > 0) = (b.unreferenced_since IS NOT NULL)") == []
+
 
 def test_html_text_for_search(env):
     """The search text of an HTML part: inline tags join the letters they split,
