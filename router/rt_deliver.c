@@ -264,6 +264,14 @@ static void sb_add_utf8(struct sbuf *b, const uint8_t *p, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
+		size_t ascii = i;       /* a run of plain ASCII goes in one copy */
+		while (ascii < n && p[ascii] > 0 && p[ascii] < 0x80)
+			ascii++;
+		if (ascii > i) {
+			sb_add(b, p + i, ascii - i);
+			i = ascii;
+			continue;
+		}
 		size_t k = utf8_seq(p + i, n - i);
 		if (k == 0) {
 			sb_add(b, "\xef\xbf\xbd", 3);
@@ -357,20 +365,32 @@ static char *pg_array_end(struct sbuf *b)
  * characters escaped) */
 static void json_str(struct sbuf *b, const char *s, size_t n)
 {
+	static const char hex[] = "0123456789abcdef";
 	sb_addc(b, '"');
+	size_t run = 0;                 /* start of the bytes copied as they are */
 	for (size_t i = 0; i < n; i++) {
 		uint8_t c = (uint8_t)s[i];
-		if (c == '"' || c == '\\') {
-			sb_addc(b, '\\');
-			sb_addc(b, (char)c);
-		} else if (c < 0x20) {
-			char e[8];
-			snprintf(e, sizeof(e), "\\u%04x", c);
-			sb_adds(b, e);
-		} else {
-			sb_addc(b, (char)c);
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		sb_add(b, s + run, i - run);
+		run = i + 1;
+		char e[6] = { '\\', (char)c };
+		size_t len = 2;
+		if (c == '\n')
+			e[1] = 'n';
+		else if (c == '\r')
+			e[1] = 'r';
+		else if (c == '\t')
+			e[1] = 't';
+		else if (c < 0x20) {
+			memcpy(e + 1, "u00", 3);
+			e[4] = hex[c >> 4];
+			e[5] = hex[c & 15];
+			len = 6;
 		}
+		sb_add(b, e, len);
 	}
+	sb_add(b, s + run, n - run);
 	sb_addc(b, '"');
 }
 
