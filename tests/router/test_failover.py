@@ -180,7 +180,10 @@ def test_postgres_restart_under_load():
         before = len(load.acked())
         t_down = time.monotonic()
         mc.pg.stop_server("primary", "fast")
-        time.sleep(3)                   # down long enough for requests to time out
+        # down longer than a commit's timeout, its one retry and the retry's
+        # timeout (2 + 0.3 + 2 s), so that the commits caught by the outage must
+        # fail (as UNAVAILABLE): a shorter outage may be ridden out by the retry
+        time.sleep(6)
         mc.pg.start_server("primary")
         t_up = time.monotonic()
         time.sleep(1)
