@@ -16,7 +16,10 @@
  *     rate is printed too), then FetchMeta of all 1,000 messages' envelopes in one
  *     call, sequentially for N seconds;
  *  3. store Put of distinct 10 KiB blobs straight to store node 1 with 1, 16 and
- *     64 concurrent clients, N seconds each.
+ *     64 concurrent clients, N seconds each;
+ *  4. the same on both nodes at once (store_put_two_nodes): the store side of
+ *     the deliveries' W = 2 writes when the two nodes share this machine, an
+ *     extra figure beside the issue's ratio (deliver_vs_two_node_put).
  * The database starts with 20,000 older blob rows and delivery tokens and fresh
  * statistics, as a server in service has. pg_stat_statements (when installed)
  * is loaded, and the statements that took the server's time during each
@@ -37,7 +40,9 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pwd.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -642,7 +647,9 @@ struct result {
 static struct result bench_run(const char *addr, enum br_kind kind, int nclients, double seconds, long limit,
 			       const char *rcpt, uint64_t account_id, uint64_t mailbox_id)
 {
-	static uint64_t seed;
+	static _Atomic uint64_t salt;   /* two runs may go at once (store_put_two_nodes) */
+	uint64_t seed = ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32)) +
+			atomic_fetch_add(&salt, 0x9e3779b97f4a7c15ull);
 	struct bench *b = XNEW(struct bench);
 	b->kind = kind;
 	b->nclients = nclients;
@@ -650,8 +657,6 @@ static struct result bench_run(const char *addr, enum br_kind kind, int nclients
 	b->account_id = account_id;
 	b->mailbox_id = mailbox_id;
 	b->base = event_base_new();
-	if (seed == 0)
-		seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	for (int i = 0; i < nclients; i++) {
 		struct bclient *c = &b->clients[i];
 		c->b = b;
@@ -753,6 +758,21 @@ static void provision(struct cluster *cl, uint64_t *meta_account, uint64_t *meta
 	psql(cl, "ANALYZE", NULL, 0);
 	if (psql_rc(cl, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements", NULL, 0) != 0)
 		printf("# pg_stat_statements not available: no per-statement figures\n");
+}
+
+/* a Put run on one node, in its own thread (store_put_two_nodes) */
+struct put_run {
+	const char *addr;
+	int nclients;
+	double seconds;
+	struct result r;
+};
+
+static void *put_run_thread(void *arg)
+{
+	struct put_run *p = arg;
+	p->r = bench_run(p->addr, BR_PUT, p->nclients, p->seconds, 0, NULL, 0, 0);
+	return NULL;
 }
 
 int main(int argc, char **argv)
@@ -866,6 +886,35 @@ int main(int argc, char **argv)
 		printf("deliver_vs_store_put streams=%d ratio=%.2f target=0.50 %s\n", streams[i],
 		       r.rate > 0 ? deliver_rate[i] / r.rate : 0.0,
 		       r.rate > 0 && deliver_rate[i] / r.rate >= 0.5 ? "met" : "missed");
+		fflush(stdout);
+	}
+
+	/* both nodes taking Puts at once: what the W = 2 copies of the deliveries
+	 * cost the stores when the two nodes share this machine's disk and cores */
+	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
+		struct put_run pr[2];
+		pthread_t th[2];
+		char addr2[64];
+		snprintf(addr2, sizeof(addr2), "127.0.0.1:%d", cl->store_ports[1]);
+		for (int k = 0; k < 2; k++) {
+			memset(&pr[k], 0, sizeof(pr[k]));
+			pr[k].addr = k == 0 ? cl->store_addr : addr2;
+			pr[k].nclients = streams[i];
+			pr[k].seconds = seconds;
+			if (pthread_create(&th[k], NULL, put_run_thread, &pr[k]) != 0) {
+				perror("pthread_create");
+				exit(1);
+			}
+		}
+		for (int k = 0; k < 2; k++)
+			pthread_join(th[k], NULL);
+		double per_node = (pr[0].r.rate + pr[1].r.rate) / 2;
+		printf("store_put_two_nodes size=%d clients_per_node=%d puts_per_sec_per_node=%.0f "
+		       "p50_ms=%.2f/%.2f p99_ms=%.2f/%.2f errors=%ld\n", BR_MSG_SIZE, streams[i], per_node,
+		       pr[0].r.p50_ms, pr[1].r.p50_ms, pr[0].r.p99_ms, pr[1].r.p99_ms,
+		       pr[0].r.errors + pr[1].r.errors);
+		printf("deliver_vs_two_node_put streams=%d ratio=%.2f\n", streams[i],
+		       per_node > 0 ? deliver_rate[i] / per_node : 0.0);
 		fflush(stdout);
 	}
 
