@@ -597,6 +597,15 @@ def test_metrics(env):
     assert vals["deliver_bytes_total"] > 900 * 1024
     assert vals['resolve_recipient_total{result="relay_denied"}'] >= 1
     assert vals["deliver_seconds_count"] >= 25
+    # where the time went: every delivery answered OK went through each stage
+    # once, and the stages split its time (failed calls count up to where they
+    # failed, in the stages as in deliver_seconds)
+    stages = ("receive", "parse", "prepare", "put", "commit")
+    for st in stages:
+        assert vals['deliver_stage_seconds_count{stage="%s"}' % st] >= vals['deliver_total{result="ok"}'], st
+    assert vals['deliver_stage_seconds_count{stage="commit"}'] == vals['deliver_total{result="ok"}']
+    assert 0 < sum(vals['deliver_stage_seconds_sum{stage="%s"}' % st] for st in stages) \
+        <= vals["deliver_seconds_sum"] * 1.0001
 
 
 # ---------------------------------------------------------------- failures
