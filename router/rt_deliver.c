@@ -172,7 +172,12 @@ struct dlv {
 	struct event *retry_ev;
 };
 
-static double dlv_now(void);
+static double dlv_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* dlv_set_stage - enter stage st, counting the time spent in the phase it ends */
 static void dlv_set_stage(struct dlv *d, enum dlv_stage st)
@@ -183,13 +188,6 @@ static void dlv_set_stage(struct dlv *d, enum dlv_stage st)
 		d->t_stage = now;
 	}
 	d->stage = st;
-}
-
-static double dlv_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* ------------------------------------------------------------------ strings */
