@@ -2,6 +2,8 @@
  * blob store's own Put throughput measured in the same run on the same disk.
  *
  *   bench_router [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] [--keep]
+ *                [--repeat=N]   (N rounds of the delivery and Put points, then medians:
+ *                                this VM's disk moves single runs by a third)
  *                [--router-arg=--db-pool-size=16 ...]   (experiments with router settings)
  *
  * Starts a private cluster of release binaries from DIR (default: the build this
@@ -53,6 +55,7 @@
 #include <event2/event.h>
 
 #define BR_MAX_STREAMS 64
+#define BR_MAX_REPEAT 9
 #define BR_MSG_SIZE (10 * 1024)
 #define BR_META_MESSAGES 1000
 #define BR_CALL_TIMEOUT_MS 60000
@@ -775,12 +778,116 @@ static void *put_run_thread(void *arg)
 	return NULL;
 }
 
+/* median - of v[0..n) (sorts v) */
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* deliver_points - Deliver at each concurrency; rates into rate[] */
+static void deliver_points(struct cluster *cl, const int *streams, int np, double seconds, double *rate)
+{
+	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
+	for (int i = 0; i < np; i++) {
+		struct router_stats a, b;
+		router_stats(cl, &a);
+		struct result r = bench_run(cl->router_addr, BR_DELIVER, streams[i], seconds, 0,
+					    NULL, 0, 0);
+		router_stats(cl, &b);
+		double s0 = a.db_sum, c0 = a.db_count, s1 = b.db_sum, c1 = b.db_count;
+		rate[i] = r.rate;
+		printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
+		       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
+		       streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors, r.done ? (c1 - c0) / (double)r.done : 0,
+		       c1 > c0 ? (s1 - s0) / (c1 - c0) * 1e3 : 0);
+		printf("router_deliver_stages streams=%d", streams[i]);
+		for (int k = 0; k < BR_N_STAGES; k++) {
+			double n = b.stage_count[k] - a.stage_count[k];
+			printf(" %s_ms=%.2f", br_stages[k], n > 0 ? (b.stage_sum[k] - a.stage_sum[k]) / n * 1e3 : 0);
+		}
+		printf("\n");
+		char phase[32];
+		snprintf(phase, sizeof(phase), "deliver_%d", streams[i]);
+		pg_top(cl, phase);   /* where the server's time went at this load */
+		fflush(stdout);
+	}
+}
+
+/* fetchmeta_point - 1,000 messages in one mailbox, then FetchMeta of their envelopes */
+static void fetchmeta_point(struct cluster *cl, uint64_t meta_account, uint64_t meta_mailbox, double seconds)
+{
+	struct result f = bench_run(cl->router_addr, BR_DELIVER, 16, 600, BR_META_MESSAGES,
+				    "meta@" BR_DOMAIN, 0, 0);
+	printf("router_deliver_one_account size=%d streams=16 deliveries_per_sec=%.0f p50_ms=%.2f "
+	       "p99_ms=%.2f errors=%ld\n", BR_MSG_SIZE, f.rate, f.p50_ms, f.p99_ms, f.errors);
+	if (f.done == BR_META_MESSAGES) {
+		struct result m = bench_run(cl->router_addr, BR_FETCHMETA, 1, seconds, 0, NULL, meta_account,
+					    meta_mailbox);
+		printf("router_fetchmeta messages=%d envelope=1 calls_per_sec=%.1f ms_per_call=%.2f p50_ms=%.2f "
+		       "p99_ms=%.2f reply_bytes=%zu errors=%ld\n", BR_META_MESSAGES, m.rate, m.mean_ms, m.p50_ms,
+		       m.p99_ms, m.reply_bytes, m.errors);
+	} else {
+		printf("router_fetchmeta skipped: only %ld of %d messages delivered\n", f.done, BR_META_MESSAGES);
+	}
+	fflush(stdout);
+}
+
+/* put_points - the store's own Put throughput, same disk, same concurrency:
+ * node 1 alone (the issue's ratio), then both nodes at once */
+static void put_points(struct cluster *cl, const int *streams, int np, double seconds,
+		       const double *deliver_rate, double *put_rate, double *put2_rate)
+{
+	for (int i = 0; i < np; i++) {
+		struct result r = bench_run(cl->store_addr, BR_PUT, streams[i], seconds, 0, NULL, 0, 0);
+		put_rate[i] = r.rate;
+		printf("store_put size=%d clients=%d puts_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f errors=%ld\n",
+		       BR_MSG_SIZE, streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors);
+		printf("deliver_vs_store_put streams=%d ratio=%.2f target=0.50 %s\n", streams[i],
+		       r.rate > 0 ? deliver_rate[i] / r.rate : 0.0,
+		       r.rate > 0 && deliver_rate[i] / r.rate >= 0.5 ? "met" : "missed");
+		fflush(stdout);
+	}
+
+	/* both nodes taking Puts at once: what the W = 2 copies of the deliveries
+	 * cost the stores when the two nodes share this machine's disk and cores */
+	for (int i = 0; i < np; i++) {
+		struct put_run pr[2];
+		pthread_t th[2];
+		char addr2[64];
+		snprintf(addr2, sizeof(addr2), "127.0.0.1:%d", cl->store_ports[1]);
+		for (int k = 0; k < 2; k++) {
+			memset(&pr[k], 0, sizeof(pr[k]));
+			pr[k].addr = k == 0 ? cl->store_addr : addr2;
+			pr[k].nclients = streams[i];
+			pr[k].seconds = seconds;
+			if (pthread_create(&th[k], NULL, put_run_thread, &pr[k]) != 0) {
+				perror("pthread_create");
+				exit(1);
+			}
+		}
+		for (int k = 0; k < 2; k++)
+			pthread_join(th[k], NULL);
+		double per_node = (pr[0].r.rate + pr[1].r.rate) / 2;
+		put2_rate[i] = per_node;
+		printf("store_put_two_nodes size=%d clients_per_node=%d puts_per_sec_per_node=%.0f "
+		       "p50_ms=%.2f/%.2f p99_ms=%.2f/%.2f errors=%ld\n", BR_MSG_SIZE, streams[i], per_node,
+		       pr[0].r.p50_ms, pr[1].r.p50_ms, pr[0].r.p99_ms, pr[1].r.p99_ms,
+		       pr[0].r.errors + pr[1].r.errors);
+		printf("deliver_vs_two_node_put streams=%d ratio=%.2f\n", streams[i],
+		       per_node > 0 ? deliver_rate[i] / per_node : 0.0);
+		fflush(stdout);
+	}
+}
+
+
 int main(int argc, char **argv)
 {
 	char build[PATH_MAX];
 	const char *parent = "/tmp";
 	double seconds = 5;
 	bool keep = false;
+	int repeat = 1;
 	default_build(build, sizeof(build));
 	if (getenv("MAIL_PG_BIN") != NULL)
 		pg_bin = getenv("MAIL_PG_BIN");
@@ -795,11 +902,14 @@ int main(int argc, char **argv)
 			pg_bin = argv[i] + 9;
 		else if (strcmp(argv[i], "--keep") == 0)
 			keep = true;
+		else if (strncmp(argv[i], "--repeat=", 9) == 0 && atoi(argv[i] + 9) >= 1 &&
+			 atoi(argv[i] + 9) <= BR_MAX_REPEAT)
+			repeat = atoi(argv[i] + 9);
 		else if (strncmp(argv[i], "--router-arg=", 13) == 0 && n_router_extra < 16)
 			router_extra[n_router_extra++] = argv[i] + 13;
 		else {
 			fprintf(stderr, "usage: %s [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] "
-				"[--keep] [--router-arg=--key=value ...]\n", argv[0]);
+				"[--keep] [--repeat=N] [--router-arg=--key=value ...]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -836,87 +946,30 @@ int main(int argc, char **argv)
 	}
 
 	static const int streams[] = { 1, 16, 64 };
-	double deliver_rate[N_ELEMENTS(streams)];
-	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
-	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
-		struct router_stats a, b;
-		router_stats(cl, &a);
-		struct result r = bench_run(cl->router_addr, BR_DELIVER, streams[i], seconds, 0,
-					    NULL, 0, 0);
-		router_stats(cl, &b);
-		double s0 = a.db_sum, c0 = a.db_count, s1 = b.db_sum, c1 = b.db_count;
-		deliver_rate[i] = r.rate;
-		printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
-		       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
-		       streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors, r.done ? (c1 - c0) / (double)r.done : 0,
-		       c1 > c0 ? (s1 - s0) / (c1 - c0) * 1e3 : 0);
-		printf("router_deliver_stages streams=%d", streams[i]);
-		for (int k = 0; k < BR_N_STAGES; k++) {
-			double n = b.stage_count[k] - a.stage_count[k];
-			printf(" %s_ms=%.2f", br_stages[k], n > 0 ? (b.stage_sum[k] - a.stage_sum[k]) / n * 1e3 : 0);
-		}
-		printf("\n");
-		char phase[32];
-		snprintf(phase, sizeof(phase), "deliver_%d", streams[i]);
-		pg_top(cl, phase);   /* where the server's time went at this load */
-		fflush(stdout);
+	enum { NP = N_ELEMENTS(streams) };
+	double deliver_rate[BR_MAX_REPEAT][NP], put_rate[BR_MAX_REPEAT][NP], put2_rate[BR_MAX_REPEAT][NP];
+	for (int rep = 0; rep < repeat; rep++) {
+		if (repeat > 1)
+			printf("# round %d of %d\n", rep + 1, repeat);
+		deliver_points(cl, streams, NP, seconds, deliver_rate[rep]);
+		if (rep == 0)
+			fetchmeta_point(cl, meta_account, meta_mailbox, seconds);
+		put_points(cl, streams, NP, seconds, deliver_rate[rep], put_rate[rep], put2_rate[rep]);
 	}
-
-	/* 1,000 messages in one mailbox, then FetchMeta of their envelopes */
-	struct result f = bench_run(cl->router_addr, BR_DELIVER, 16, 600, BR_META_MESSAGES,
-				    "meta@" BR_DOMAIN, 0, 0);
-	printf("router_deliver_one_account size=%d streams=16 deliveries_per_sec=%.0f p50_ms=%.2f "
-	       "p99_ms=%.2f errors=%ld\n", BR_MSG_SIZE, f.rate, f.p50_ms, f.p99_ms, f.errors);
-	if (f.done == BR_META_MESSAGES) {
-		struct result m = bench_run(cl->router_addr, BR_FETCHMETA, 1, seconds, 0, NULL, meta_account,
-					    meta_mailbox);
-		printf("router_fetchmeta messages=%d envelope=1 calls_per_sec=%.1f ms_per_call=%.2f p50_ms=%.2f "
-		       "p99_ms=%.2f reply_bytes=%zu errors=%ld\n", BR_META_MESSAGES, m.rate, m.mean_ms, m.p50_ms,
-		       m.p99_ms, m.reply_bytes, m.errors);
-	} else {
-		printf("router_fetchmeta skipped: only %ld of %d messages delivered\n", f.done, BR_META_MESSAGES);
-	}
-	fflush(stdout);
-
-	/* the store's own Put throughput, same disk, same concurrency */
-	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
-		struct result r = bench_run(cl->store_addr, BR_PUT, streams[i], seconds, 0, NULL, 0, 0);
-		printf("store_put size=%d clients=%d puts_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f errors=%ld\n",
-		       BR_MSG_SIZE, streams[i], r.rate, r.p50_ms, r.p99_ms, r.errors);
-		printf("deliver_vs_store_put streams=%d ratio=%.2f target=0.50 %s\n", streams[i],
-		       r.rate > 0 ? deliver_rate[i] / r.rate : 0.0,
-		       r.rate > 0 && deliver_rate[i] / r.rate >= 0.5 ? "met" : "missed");
-		fflush(stdout);
-	}
-
-	/* both nodes taking Puts at once: what the W = 2 copies of the deliveries
-	 * cost the stores when the two nodes share this machine's disk and cores */
-	for (size_t i = 0; i < N_ELEMENTS(streams); i++) {
-		struct put_run pr[2];
-		pthread_t th[2];
-		char addr2[64];
-		snprintf(addr2, sizeof(addr2), "127.0.0.1:%d", cl->store_ports[1]);
-		for (int k = 0; k < 2; k++) {
-			memset(&pr[k], 0, sizeof(pr[k]));
-			pr[k].addr = k == 0 ? cl->store_addr : addr2;
-			pr[k].nclients = streams[i];
-			pr[k].seconds = seconds;
-			if (pthread_create(&th[k], NULL, put_run_thread, &pr[k]) != 0) {
-				perror("pthread_create");
-				exit(1);
+	if (repeat > 1)
+		for (int i = 0; i < NP; i++) {
+			double d[BR_MAX_REPEAT], p[BR_MAX_REPEAT], p2[BR_MAX_REPEAT];
+			for (int rep = 0; rep < repeat; rep++) {
+				d[rep] = deliver_rate[rep][i];
+				p[rep] = put_rate[rep][i];
+				p2[rep] = put2_rate[rep][i];
 			}
+			double dm = median(d, repeat), pm = median(p, repeat), p2m = median(p2, repeat);
+			printf("median rounds=%d streams=%d deliveries_per_sec=%.0f (%.0f..%.0f) store_put=%.0f (%.0f..%.0f) "
+			       "ratio=%.2f target=0.50 %s two_node_put=%.0f ratio_two_node=%.2f\n", repeat, streams[i],
+			       dm, d[0], d[repeat - 1], pm, p[0], p[repeat - 1], pm > 0 ? dm / pm : 0.0,
+			       pm > 0 && dm / pm >= 0.5 ? "met" : "missed", p2m, p2m > 0 ? dm / p2m : 0.0);
 		}
-		for (int k = 0; k < 2; k++)
-			pthread_join(th[k], NULL);
-		double per_node = (pr[0].r.rate + pr[1].r.rate) / 2;
-		printf("store_put_two_nodes size=%d clients_per_node=%d puts_per_sec_per_node=%.0f "
-		       "p50_ms=%.2f/%.2f p99_ms=%.2f/%.2f errors=%ld\n", BR_MSG_SIZE, streams[i], per_node,
-		       pr[0].r.p50_ms, pr[1].r.p50_ms, pr[0].r.p99_ms, pr[1].r.p99_ms,
-		       pr[0].r.errors + pr[1].r.errors);
-		printf("deliver_vs_two_node_put streams=%d ratio=%.2f\n", streams[i],
-		       per_node > 0 ? deliver_rate[i] / per_node : 0.0);
-		fflush(stdout);
-	}
 
 	cluster_stop(cl);
 	if (!keep)
