@@ -1476,10 +1476,7 @@ static char *dlv_item_json(const struct dlv *d)
 		sb_addc(&b, '"');
 		free(hb);
 	}
-	if (d->text != NULL) {
-		json_key(&b, "body_text");
-		json_str(&b, d->text, strlen(d->text));
-	}
+	/* the body text goes beside the items (dlv_batch_kick) */
 	json_key(&b, "nodes");
 	sb_adds(&b, d->nodes_json != NULL ? d->nodes_json : "[]");
 	json_key(&b, "token");
@@ -1570,6 +1567,36 @@ static void dlv_batch_done(const struct db_result *r, void *arg)
 	dlv_batch_kick(bt);
 }
 
+/* dlv_text_len - the bytes d's body text adds to a batch */
+static size_t dlv_text_len(const struct dlv *d)
+{
+	return 4 + (d->text != NULL ? strlen(d->text) : 0);
+}
+
+/* pg_put32 - a big-endian 32-bit integer (PostgreSQL's binary formats) */
+static void pg_put32(struct sbuf *b, uint32_t v)
+{
+	const uint8_t x[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
+	sb_add(b, x, 4);
+}
+
+/* pg_text_array - the binary form of a text[] (array_recv) of n elements whose
+ * length-prefixed bytes (length -1: NULL) are in elems: dimensions, null flag,
+ * element type text, then the elements as they are. Binary, so that the texts
+ * need no quoting and the server no parsing. */
+static void pg_text_array(struct sbuf *out, const struct sbuf *elems, struct dlv *const *items, size_t n)
+{
+	bool nulls = false;
+	for (size_t i = 0; i < n; i++)
+		nulls |= items[i]->text == NULL;
+	pg_put32(out, 1);               /* dimensions */
+	pg_put32(out, nulls);           /* has nulls */
+	pg_put32(out, 25);              /* element type: text */
+	pg_put32(out, (uint32_t)n);     /* length */
+	pg_put32(out, 1);               /* lower bound */
+	sb_add(out, elems->d != NULL ? elems->d : "", elems->len);
+}
+
 /* dlv_batch_kick - send batches of what is queued while slots are free */
 static void dlv_batch_kick(struct dlv_batcher *bt)
 {
@@ -1578,11 +1605,12 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 		struct dlv_batch *b = XNEW(struct dlv_batch);
 		b->bt = bt;
 		b->items = xcalloc((size_t)rt->deliver_batch_max, sizeof(*b->items));
-		struct sbuf j = { 0 }, sz = { 0 };
+		struct sbuf j = { 0 }, sz = { 0 }, tx = { 0 };
 		sb_addc(&j, bt->kind == DB_COMMIT ? '[' : '{');
 		sb_addc(&sz, '{');
 		while (bt->head != NULL && b->n < (size_t)rt->deliver_batch_max &&
-		       (b->n == 0 || bt->kind == DB_PREPARE || j.len + strlen(bt->head->item_json) < DLV_BATCH_BYTES)) {
+		       (b->n == 0 || bt->kind == DB_PREPARE ||
+			j.len + tx.len + strlen(bt->head->item_json) + dlv_text_len(bt->head) < DLV_BATCH_BYTES)) {
 			struct dlv *d = bt->head;
 			bt->head = d->bnext;
 			if (bt->head == NULL)
@@ -1595,6 +1623,9 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 			}
 			if (bt->kind == DB_COMMIT) {
 				sb_adds(&j, d->item_json);
+				pg_put32(&tx, d->text != NULL ? (uint32_t)strlen(d->text) : 0xffffffffu);
+				if (d->text != NULL)
+					sb_adds(&tx, d->text);
 			} else {
 				char size[24];
 				snprintf(size, sizeof(size), "%zu", d->len);
@@ -1613,13 +1644,19 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 		if (bt->kind == DB_COMMIT) {
 			metric_inc(dlv_m.batches);
 			metric_add(dlv_m.batch_items, (double)b->n);
-			b->dbr = db_exec(bt->loop->db, "deliver_batch", 1, values, NULL, NULL, 0, dlv_batch_done, b);
+			struct sbuf texts = { 0 };
+			pg_text_array(&texts, &tx, b->items, b->n);
+			const char *v[2] = { j.d, texts.d };
+			const int lengths[2] = { 0, (int)texts.len }, formats[2] = { 0, 1 };
+			b->dbr = db_exec(bt->loop->db, "deliver_batch", 2, v, lengths, formats, 0, dlv_batch_done, b);
+			free(texts.d);
 		} else {
 			b->dbr = db_exec(bt->loop->db, "deliver_blob_prepare_many", 2, values, NULL, NULL, 0,
 					 dlv_batch_done, b);
 		}
 		free(j.d);
 		free(sz.d);
+		free(tx.d);
 	}
 }
 
@@ -2321,8 +2358,9 @@ static const struct db_stmt dlv_stmts[] = {
 	  "$1::text[], $2::text[], $3::text[], $4::text, $5::bigint, $6::text, $7::text, $8::text, $9::bigint,"
 	  " $10::jsonb, $11::bytea, $12::text, $13::text[], $14::text)", 14 },
 	{ "deliver_batch",
-	  "SELECT item, rcpt, target, status, account_id, mailbox_id, uid, queue_id FROM mail_deliver_batch($1::jsonb)",
-	  1 },
+	  "SELECT item, rcpt, target, status, account_id, mailbox_id, uid, queue_id "
+	  "FROM mail_deliver_batch($1::jsonb, $2::text[])",
+	  2 },
 	{ "deliver_append",
 	  "SELECT status, mailbox_id, uidvalidity, uid FROM mail_deliver(ARRAY[$1::bigint], $2::text, $3::text,"
 	  " $4::bigint, to_timestamp($5::double precision), $6::integer, $7::text[], $8::jsonb, $9::bytea,"

@@ -8,6 +8,7 @@ recomputing the rendezvous placement, bodies byte for byte. The destructive case
 Run with /usr/bin/python3 -m pytest; MAIL_BUILD_DIR names the build."""
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -838,6 +839,38 @@ def test_group_commit():
             holder.wait(10)
         assert e.one("SELECT refcount FROM blobs WHERE id = '%s'" % sid(same)) == "2"
         assert_counters(e)
+
+
+def test_batch_functions_of_both_releases(env):
+    """mail_deliver_batch(items, texts) takes the search texts beside the items
+    (NULL: the item's own body_text); mail_deliver_batch(items), which routers of
+    the previous release call with the texts inside the items, still works during
+    a rolling upgrade. Both keep the counters."""
+    e = env
+    for a in ("old@ob.test", "new1@ob.test", "new2@ob.test"):
+        e.account(a)
+
+    def item(rcpt, n, text=None):
+        it = {"rcpts": [rcpt], "notify": [""], "orcpt": [""], "mail_from": "a@remote.example",
+              "blob_id": sha(b"batch-%d" % n), "size": 100 + n, "meta": {"subject": "batch %d" % n},
+              "nodes": ["store1", "store2"], "token": "batch-fn-%d" % n}
+        if text is not None:
+            it["body_text"] = text
+        return it
+
+    def call(sql):
+        return sorted((r[0], r[1]) for r in e.rows(sql))
+
+    old = [item("old@ob.test", 1, "Hello OLD Router")]
+    assert call("SELECT item, status FROM mail_deliver_batch(%s::jsonb)" % q(json.dumps(old))) == [("1", "ok")]
+    new = [item("new1@ob.test", 2), item("new2@ob.test", 3, "From The Item")]
+    assert call("SELECT item, status FROM mail_deliver_batch(%s::jsonb, ARRAY['Beside The ITEMS', NULL])"
+                % q(json.dumps(new))) == [("1", "ok"), ("2", "ok")]
+    texts = dict(e.rows("SELECT blob_id, body FROM message_text WHERE blob_id IN ('%s', '%s', '%s')"
+                        % (sha(b"batch-1"), sha(b"batch-2"), sha(b"batch-3"))))
+    assert texts == {sha(b"batch-1"): "hello old router", sha(b"batch-2"): "beside the items",
+                     sha(b"batch-3"): "from the item"}
+    assert_counters(e)
 
 
 def assert_counters(e):
