@@ -695,6 +695,21 @@ int daemon_run(struct daemon *d)
 	return 0;
 }
 
+/* daemon_base_free - run what is still queued on a loop whose owners are all
+ * gone, then free it. A bufferevent with deferred callbacks that was freed while
+ * one of them was queued is only released when that callback runs (it holds a
+ * reference); event_base_free() would drop the callback unrun and the
+ * bufferevent, its buffers and, with CLOSE_ON_FREE, its socket would leak. */
+static void daemon_base_free(struct event_base *base)
+{
+	/* two passes: the deferred callbacks, then the finalizers they schedule
+	 * (event_base_free runs finalizers, but not callbacks) */
+	for (int i = 0; i < 2; i++)
+		if (event_base_loop(base, EVLOOP_NONBLOCK) != 0)
+			break;          /* nothing registered, nothing queued */
+	event_base_free(base);
+}
+
 void daemon_free(struct daemon **dp)
 {
 	struct daemon *d = *dp;
@@ -711,7 +726,7 @@ void daemon_free(struct daemon **dp)
 		event_free(w->stop_ev);
 		event_free(w->check_ev);
 		event_free(w->timeout_ev);
-		event_base_free(w->pub.base);
+		daemon_base_free(w->pub.base);
 	}
 	for (size_t i = 0; i < d->n_listeners; i++) {
 		struct daemon_listener *dl = &d->listeners[i];
@@ -731,7 +746,7 @@ void daemon_free(struct daemon **dp)
 	}
 	event_free(d->stop_ev);
 	event_free(d->worker_done_ev);
-	event_base_free(d->main_base);
+	daemon_base_free(d->main_base);
 	free(d->on_start.items);
 	free(d->on_stop.items);
 	free(d->on_drain.items);
