@@ -151,6 +151,7 @@ struct dlv {
 	char *meta;                     /* jsonb text */
 	size_t header_size;             /* header block = buf[0 .. header_size) */
 	char *text;                     /* body text for full-text search, or NULL */
+	size_t text_len;
 
 	/* after the put */
 	char *nodes;                    /* text[] literal of the nodes that have it */
@@ -1084,6 +1085,7 @@ static void dlv_parse_work(void *arg)
 	d->header_size = root->header_offset == 0 && root->header_size <= d->len ? root->header_size : 0;
 	d->meta = meta_build(m);
 	d->text = body_text(m, d->buf, d->len);
+	d->text_len = d->text != NULL ? strlen(d->text) : 0;
 	mime_message_free(&m);
 }
 
@@ -1570,7 +1572,7 @@ static void dlv_batch_done(const struct db_result *r, void *arg)
 /* dlv_text_len - the bytes d's body text adds to a batch */
 static size_t dlv_text_len(const struct dlv *d)
 {
-	return 4 + (d->text != NULL ? strlen(d->text) : 0);
+	return 4 + d->text_len;
 }
 
 /* pg_put32 - a big-endian 32-bit integer (PostgreSQL's binary formats) */
@@ -1623,9 +1625,8 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 			}
 			if (bt->kind == DB_COMMIT) {
 				sb_adds(&j, d->item_json);
-				pg_put32(&tx, d->text != NULL ? (uint32_t)strlen(d->text) : 0xffffffffu);
-				if (d->text != NULL)
-					sb_adds(&tx, d->text);
+				pg_put32(&tx, d->text != NULL ? (uint32_t)d->text_len : 0xffffffffu);
+				sb_add(&tx, d->text, d->text_len);
 			} else {
 				char size[24];
 				snprintf(size, sizeof(size), "%zu", d->len);
