@@ -65,6 +65,7 @@
 
 #define BR_MAX_STREAMS 64
 #define BR_MAX_REPEAT 9
+#define BR_MAX_POINTS 8                 /* concurrencies in --streams */
 #define BR_MSG_SIZE (10 * 1024)
 #define BR_META_MESSAGES 1000
 #define BR_CALL_TIMEOUT_MS 60000
@@ -719,11 +720,11 @@ static struct result bench_run(const char *addr, enum br_kind kind, int nclients
 
 /* ---------------------------------------------------------------- main */
 
-/* parse_streams - "1,16,64": up to 8 concurrencies of 1..BR_MAX_STREAMS */
+/* parse_streams - "1,16,64": up to BR_MAX_POINTS concurrencies of 1..BR_MAX_STREAMS */
 static bool parse_streams(const char *s, int *out, int *n)
 {
 	int k = 0;
-	while (*s != '\0' && k < 8) {
+	while (*s != '\0' && k < BR_MAX_POINTS) {
 		char *end;
 		long v = strtol(s, &end, 10);
 		if (end == s || v < 1 || v > BR_MAX_STREAMS || (*end != ',' && *end != '\0'))
@@ -951,7 +952,7 @@ int main(int argc, char **argv)
 	double seconds = 5;
 	bool keep = false, deliver_only = false;
 	int repeat = 1;
-	int streams[8] = { 1, 16, 64 }, np = 3;
+	int streams[BR_MAX_POINTS] = { 1, 16, 64 }, np = 3;
 	default_build(build, sizeof(build));
 	if (getenv("MAIL_PG_BIN") != NULL)
 		pg_bin = getenv("MAIL_PG_BIN");
@@ -1017,7 +1018,7 @@ int main(int argc, char **argv)
 	/* each concurrency's Deliver and Put figures are taken back to back, so that
 	 * a ratio compares runs a few seconds apart (this VM's disk drifts by a third
 	 * and more from one minute to the next) */
-	struct point pt[BR_MAX_REPEAT][8];
+	struct point pt[BR_MAX_REPEAT][BR_MAX_POINTS];
 	for (int rep = 0; rep < repeat; rep++) {
 		if (repeat > 1)
 			printf("# round %d of %d\n", rep + 1, repeat);
