@@ -6,6 +6,7 @@
  *                                of the rates and of the per-round ratios: this VM's
  *                                disk moves single runs by a third and more)
  *                [--router-arg=--db-pool-size=16 ...]   (experiments with router settings)
+ *                [--store-arg=--sync-mode=batch ...]    (and with the stores' settings)
  *                [--streams=1,16,64]   (the concurrencies measured)
  *                [--deliver-only]      (the Deliver points alone: for profiling)
  *
@@ -31,6 +32,12 @@
  * messages' envelopes in one call, sequentially for N seconds.
  * Each delivery point also prints the WAL a delivery writes (router_deliver_wal:
  * bytes, full-page images and records per delivery, checkpoints meanwhile).
+ * Each delivery and Put point prints where the machine's CPU went (cpu lines:
+ * how busy it was, and CPU ms per operation taken by PostgreSQL, the router,
+ * the stores, this client and the rest, from /proc). When the deliveries kept
+ * the cores busy (>= 90%), deliver_vs_store_put_cpu_ceiling is the rate they
+ * would reach if the router, PostgreSQL and the kernel's other work took no
+ * CPU at all, over the Put rate: a second ceiling on the ratio.
  * The database starts with 20,000 older blob rows and delivery tokens and fresh
  * statistics, as a server in service has. pg_stat_statements (when installed)
  * is loaded, and the statements that took the server's time during each
@@ -45,6 +52,7 @@
 #include "router.pb-c.h"
 #include "store.pb-c.h"
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
@@ -86,6 +94,8 @@ static double now_sec(void)
 static bool as_root;
 static char *router_extra[16];   /* --router-arg=... passed on to mail-router */
 static int n_router_extra;
+static char *store_extra[16];    /* --store-arg=... passed on to both mail-store nodes */
+static int n_store_extra;
 static const char *pg_bin = "/usr/lib/postgresql/15/bin";
 
 static int free_port(void)
@@ -359,7 +369,9 @@ static void cluster_start(struct cluster *cl, const char *build)
 		char *listen = xasprintf("--listen=127.0.0.1:%d", cl->store_ports[i]);
 		char *data = xasprintf("--data-dir=%s/store%d", cl->dir, i + 1);
 		char *logf = xasprintf("%s/store%d.log", cl->dir, i + 1);
-		char *argv[] = { exe, listen, data, "--metrics-listen=", "--min-free=0", "--log-level=warn", NULL };
+		char *argv[32] = { exe, listen, data, "--metrics-listen=", "--min-free=0", "--log-level=warn" };
+		for (int k = 0; k < n_store_extra; k++)
+			argv[6 + k] = store_extra[k];
 		cl->stores[i] = spawn(argv, logf, false, NULL);
 		wait_port(cl->store_ports[i], cl->stores[i], "mail-store", logf);
 		free(exe);
@@ -458,6 +470,122 @@ static void router_stats(const struct cluster *cl, struct router_stats *st)
 			stats_line(st, line, atof(sp + 1));
 	}
 	free(buf);
+}
+
+/* ---------------------------------------------------------------- CPU */
+
+/* Where the machine's CPU went during a point, in clock ticks: the whole
+ * machine (/proc/stat: busy = user, nice, system, irq, softirq; all adds idle,
+ * iowait and steal), and the processes of the cluster (/proc/PID/stat utime +
+ * stime): PostgreSQL (the postmaster and its children), the router, the two
+ * stores, and this program (the load generator). "other" is the rest of the
+ * busy time: kernel threads (writeback, block I/O, loopback softirqs) mostly. */
+enum { CPU_PG, CPU_ROUTER, CPU_STORE1, CPU_STORE2, CPU_CLIENT, CPU_N };
+struct cpu_snap {
+	double busy, all;
+	double proc[CPU_N];
+};
+
+/* proc_ticks - utime + stime of one process (all its threads); 0 when gone.
+ * *ppid_r gets its parent. */
+static double proc_ticks(pid_t pid, pid_t *ppid_r)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* after the command name "(...)": state ppid pgrp session tty tpgid flags
+	 * minflt cminflt majflt cmajflt utime stime */
+	const char *p = strrchr(buf, ')');
+	int ppid;
+	unsigned long long ut, st;
+	if (p == NULL || sscanf(p + 1, " %*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ppid, &ut, &st) != 3)
+		return 0;
+	if (ppid_r != NULL)
+		*ppid_r = ppid;
+	return (double)(ut + st);
+}
+
+static pid_t postmaster_pid(const struct cluster *cl)
+{
+	char path[PATH_MAX + 20];
+	snprintf(path, sizeof(path), "%s/postmaster.pid", cl->pg_data);
+	FILE *f = fopen(path, "r");
+	int pid = 0;
+	if (f != NULL) {
+		if (fscanf(f, "%d", &pid) != 1)
+			pid = 0;
+		fclose(f);
+	}
+	return (pid_t)pid;
+}
+
+static void cpu_snap(const struct cluster *cl, struct cpu_snap *s)
+{
+	memset(s, 0, sizeof(*s));
+	FILE *f = fopen("/proc/stat", "r");
+	unsigned long long v[8] = { 0 };
+	if (f != NULL) {
+		if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+			   &v[6], &v[7]) != 8)
+			memset(v, 0, sizeof(v));
+		fclose(f);
+	}
+	s->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6]);
+	s->all = s->busy + (double)(v[3] + v[4] + v[7]);
+	pid_t pm = postmaster_pid(cl);
+	if (pm > 0) {
+		s->proc[CPU_PG] = proc_ticks(pm, NULL);
+		DIR *d = opendir("/proc");
+		struct dirent *e;
+		while (d != NULL && (e = readdir(d)) != NULL) {
+			pid_t pid = (pid_t)atoi(e->d_name), ppid = 0;
+			if (pid <= 0)
+				continue;
+			double t = proc_ticks(pid, &ppid);
+			if (ppid == pm)
+				s->proc[CPU_PG] += t;
+		}
+		if (d != NULL)
+			closedir(d);
+	}
+	s->proc[CPU_ROUTER] = proc_ticks(cl->router, NULL);
+	s->proc[CPU_STORE1] = proc_ticks(cl->stores[0], NULL);
+	s->proc[CPU_STORE2] = proc_ticks(cl->stores[1], NULL);
+	s->proc[CPU_CLIENT] = proc_ticks(getpid(), NULL);
+}
+
+/* CPU milliseconds per operation between two snapshots, by part */
+struct cpu_use {
+	double busy_pct;       /* of all the machine's CPU time */
+	double total, proc[CPU_N], other;
+};
+
+static struct cpu_use cpu_use(const struct cpu_snap *a, const struct cpu_snap *b, long ops)
+{
+	struct cpu_use u = { 0 };
+	double ms = 1000.0 / (double)sysconf(_SC_CLK_TCK), n = ops > 0 ? (double)ops : 1, sum = 0;
+	u.busy_pct = b->all > a->all ? 100 * (b->busy - a->busy) / (b->all - a->all) : 0;
+	u.total = (b->busy - a->busy) * ms / n;
+	for (int k = 0; k < CPU_N; k++) {
+		u.proc[k] = (b->proc[k] - a->proc[k]) * ms / n;
+		sum += u.proc[k];
+	}
+	u.other = u.total > sum ? u.total - sum : 0;
+	return u;
+}
+
+static void cpu_print(const char *point, int streams, const struct cpu_use *u)
+{
+	printf("cpu point=%s streams=%d busy_pct=%.0f ms_per_op=%.3f postgres=%.3f router=%.3f stores=%.3f "
+	       "client=%.3f other=%.3f\n", point, streams, u->busy_pct, u->total, u->proc[CPU_PG],
+	       u->proc[CPU_ROUTER], u->proc[CPU_STORE1] + u->proc[CPU_STORE2], u->proc[CPU_CLIENT], u->other);
 }
 
 /* ---------------------------------------------------------------- load */
@@ -830,16 +958,20 @@ static void wal_stats(struct cluster *cl, struct wal_stats *w)
 
 /* deliver_point - Deliver at one concurrency: the rate, the WAL and stage
  * figures, and the statements that took the server's time */
-static double deliver_point(struct cluster *cl, int streams, double seconds)
+static double deliver_point(struct cluster *cl, int streams, double seconds, struct cpu_use *cpu)
 {
 	struct router_stats a, b;
 	struct wal_stats wa, wb;
+	struct cpu_snap ca, cb;
 	psql_rc(cl, "SELECT pg_stat_statements_reset()", NULL, 0);
 	router_stats(cl, &a);
 	wal_stats(cl, &wa);
+	cpu_snap(cl, &ca);
 	struct result r = bench_run(cl->router_addr, BR_DELIVER, streams, seconds, 0, NULL, 0, 0);
+	cpu_snap(cl, &cb);
 	router_stats(cl, &b);
 	wal_stats(cl, &wb);
+	*cpu = cpu_use(&ca, &cb, r.done);
 	double s0 = a.db_sum, c0 = a.db_count, s1 = b.db_sum, c1 = b.db_count;
 	printf("router_deliver size=%d streams=%d deliveries_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f "
 	       "errors=%ld db_requests_per_delivery=%.1f db_request_mean_ms=%.2f\n", BR_MSG_SIZE,
@@ -855,6 +987,7 @@ static double deliver_point(struct cluster *cl, int streams, double seconds)
 		printf(" %s_ms=%.2f", br_stages[k], n > 0 ? (b.stage_sum[k] - a.stage_sum[k]) / n * 1e3 : 0);
 	}
 	printf("\n");
+	cpu_print("deliver", streams, cpu);
 	char phase[32];
 	snprintf(phase, sizeof(phase), "deliver_%d", streams);
 	pg_top(cl, phase);   /* where the server's time went at this load */
@@ -883,11 +1016,16 @@ static void fetchmeta_point(struct cluster *cl, uint64_t meta_account, uint64_t 
 
 /* put_point - the store's own Put throughput, same disk, same concurrency, on
  * node 1 alone (the issue's ratio) */
-static double put_point(struct cluster *cl, int streams, double seconds)
+static double put_point(struct cluster *cl, int streams, double seconds, struct cpu_use *cpu)
 {
+	struct cpu_snap ca, cb;
+	cpu_snap(cl, &ca);
 	struct result r = bench_run(cl->store_addr, BR_PUT, streams, seconds, 0, NULL, 0, 0);
+	cpu_snap(cl, &cb);
+	*cpu = cpu_use(&ca, &cb, r.done);
 	printf("store_put size=%d clients=%d puts_per_sec=%.0f p50_ms=%.2f p99_ms=%.2f errors=%ld\n",
 	       BR_MSG_SIZE, streams, r.rate, r.p50_ms, r.p99_ms, r.errors);
+	cpu_print("store_put", streams, cpu);
 	fflush(stdout);
 	return r.rate;
 }
@@ -924,6 +1062,7 @@ static double put2_point(struct cluster *cl, int streams, double seconds)
 /* one concurrency of one round: the three rates, measured back to back */
 struct point {
 	double deliver, put, put2;
+	struct cpu_use deliver_cpu, put_cpu;
 };
 
 static double ratio(double a, double b)
@@ -942,7 +1081,44 @@ static void point_ratios(int streams, const struct point *p)
 	printf("deliver_vs_two_node_put streams=%d ratio=%.2f\n", streams, ratio(p->deliver, p->put2));
 	printf("deliver_vs_store_put_ceiling streams=%d ceiling=%.2f (two_node_put_per_node/store_put)\n",
 	       streams, ratio(p->put2, p->put));
+	/* when the deliveries kept every core busy, the rate is the CPU over the CPU
+	 * a delivery takes; if the router, PostgreSQL and the kernel's other work
+	 * took none, a delivery would still take the two stores' and the client's */
+	const struct cpu_use *u = &p->deliver_cpu;
+	double floor_ms = u->proc[CPU_STORE1] + u->proc[CPU_STORE2] + u->proc[CPU_CLIENT];
+	double cpu_max = floor_ms > 0 ? p->deliver * u->total / floor_ms : 0;
+	if (u->busy_pct >= 90)
+		printf("deliver_vs_store_put_cpu_ceiling streams=%d busy_pct=%.0f deliveries_per_sec_max=%.0f "
+		       "ratio_max=%.2f (stores+client cpu per delivery %.3f ms of %.3f)\n", streams, u->busy_pct,
+		       cpu_max, ratio(cpu_max, p->put), floor_ms, u->total);
+	else
+		printf("deliver_vs_store_put_cpu_ceiling streams=%d busy_pct=%.0f (not cpu-bound: no ceiling)\n",
+		       streams, u->busy_pct);
 	fflush(stdout);
+}
+
+/* cpu_median - per part, the median over the rounds of the CPU a delivery and
+ * a Put took at concurrency index i */
+static void cpu_median(int streams, struct point pt[][BR_MAX_POINTS], int repeat, int i)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		double v[CPU_N + 3][BR_MAX_REPEAT];
+		for (int rep = 0; rep < repeat; rep++) {
+			const struct cpu_use *u = kind == 0 ? &pt[rep][i].deliver_cpu : &pt[rep][i].put_cpu;
+			for (int k = 0; k < CPU_N; k++)
+				v[k][rep] = u->proc[k];
+			v[CPU_N][rep] = u->other;
+			v[CPU_N + 1][rep] = u->total;
+			v[CPU_N + 2][rep] = u->busy_pct;
+		}
+		double m[CPU_N + 3];
+		for (int k = 0; k < CPU_N + 3; k++)
+			m[k] = median(v[k], repeat);
+		printf("median_cpu point=%s streams=%d busy_pct=%.0f ms_per_op=%.3f postgres=%.3f router=%.3f "
+		       "stores=%.3f client=%.3f other=%.3f\n", kind == 0 ? "deliver" : "store_put", streams,
+		       m[CPU_N + 2], m[CPU_N + 1], m[CPU_PG], m[CPU_ROUTER], m[CPU_STORE1] + m[CPU_STORE2],
+		       m[CPU_CLIENT], m[CPU_N]);
+	}
 }
 
 int main(int argc, char **argv)
@@ -972,6 +1148,8 @@ int main(int argc, char **argv)
 			repeat = atoi(argv[i] + 9);
 		else if (strncmp(argv[i], "--router-arg=", 13) == 0 && n_router_extra < 16)
 			router_extra[n_router_extra++] = argv[i] + 13;
+		else if (strncmp(argv[i], "--store-arg=", 12) == 0 && n_store_extra < 16)
+			store_extra[n_store_extra++] = argv[i] + 12;
 		else if (strcmp(argv[i], "--deliver-only") == 0)
 			deliver_only = true;
 		else if (strncmp(argv[i], "--streams=", 10) == 0 && parse_streams(argv[i] + 10, streams, &np))
@@ -979,7 +1157,7 @@ int main(int argc, char **argv)
 		else {
 			fprintf(stderr, "usage: %s [--build-dir=DIR] [--dir=PARENT] [--seconds=N] [--pg-bin=DIR] "
 				"[--keep] [--repeat=N] [--streams=N,...] [--deliver-only] "
-				"[--router-arg=--key=value ...]\n", argv[0]);
+				"[--router-arg=--key=value ...] [--store-arg=--key=value ...]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -1023,10 +1201,10 @@ int main(int argc, char **argv)
 		if (repeat > 1)
 			printf("# round %d of %d\n", rep + 1, repeat);
 		for (int i = 0; i < np; i++) {
-			pt[rep][i].deliver = deliver_point(cl, streams[i], seconds);
+			pt[rep][i].deliver = deliver_point(cl, streams[i], seconds, &pt[rep][i].deliver_cpu);
 			if (deliver_only)
 				continue;
-			pt[rep][i].put = put_point(cl, streams[i], seconds);
+			pt[rep][i].put = put_point(cl, streams[i], seconds, &pt[rep][i].put_cpu);
 			pt[rep][i].put2 = put2_point(cl, streams[i], seconds);
 			point_ratios(streams[i], &pt[rep][i]);
 		}
@@ -1048,6 +1226,7 @@ int main(int argc, char **argv)
 			       "target=0.50 %s ratio_two_node=%.2f (%.2f..%.2f) ceiling=%.2f (%.2f..%.2f)\n", repeat,
 			       streams[i], dm, d[0], d[repeat - 1], r1m, r1[0], r1[repeat - 1],
 			       r1m >= 0.5 ? "met" : "missed", r2m, r2[0], r2[repeat - 1], cm, c[0], c[repeat - 1]);
+			cpu_median(streams[i], pt, repeat, i);
 		}
 
 	cluster_stop(cl);
