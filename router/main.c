@@ -44,8 +44,9 @@ static const struct cfg_def router_defs[] = {
 	{ "deliver_batch_max", CFG_INT, "64", 1, 1000,
 	  "deliveries committed in one transaction at most (group commit; 1 = each alone)" },
 	{ "deliver_batch_inflight", CFG_INT, "1", 1, 64,
-	  "delivery batches being committed at once per worker thread; more wait and join one batch "
-	  "(1: bigger batches, which measured faster from 16 concurrent deliveries up)" },
+	  "delivery batches being committed at once by this router, all worker threads together "
+	  "(and as many blob-prepare batches); more wait and join one batch (1: bigger batches, "
+	  "which measured faster from 16 concurrent deliveries up)" },
 	{ "hash_threads", CFG_INT, "2", 1, 64, "threads verifying passwords" },
 	{ "argon2_t_cost", CFG_INT, "2", 1, 100, "Argon2id iterations of new hashes" },
 	{ "argon2_m_cost", CFG_SIZE, "19M", 8192, 1LL << 32, "Argon2id memory of new hashes" },

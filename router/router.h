@@ -33,7 +33,7 @@ struct router {
 	struct password_params pw_params;
 	uint64_t max_message_size;       /* largest message Deliver/Append accept */
 	int deliver_batch_max;           /* group commit: deliveries per transaction */
-	int deliver_batch_inflight;      /* batches committing at once per loop */
+	int deliver_batch_inflight;      /* batches of each kind at once, all loops together */
 	char admin_token[128];           /* bearer token of the admin API */
 	int nloops;                      /* workers + 1 (main) */
 	struct rt_loop **loops;          /* index = worker index; [nworkers] = main */

@@ -841,6 +841,63 @@ def test_group_commit():
         assert_counters(e)
 
 
+def test_group_commit_slots_shared_by_loops():
+    """The commit slots belong to the router, not to each worker loop: with
+    deliver_batch_inflight=1 and four workers, while one batch waits on a held
+    account row, deliveries that arrive on the other loops (their own
+    connections; SO_REUSEPORT spreads them) do not start batches of their own.
+    They wait in line and are committed once the slot is handed on, each loop's
+    queue as one batch."""
+    import router_pb2_grpc
+    from pgcluster import PG_BIN
+    with MailCluster(stores=2, routers=1, workers=4, router_args=["--deliver-batch-inflight=1"]) as mc:
+        e = Env(mc)
+        for i in range(12):
+            e.account("s%d@sl.test" % i)
+        pg = mc.pg
+        holder = subprocess.Popen(
+            [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
+             "-U", "postgres", "-d", mc.db, "-c",
+             "BEGIN; SELECT 1 FROM accounts WHERE id = %d FOR UPDATE; SELECT pg_sleep(2.5); COMMIT;"
+             % e.ids["s0@sl.test"]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # one connection per delivery: a channel of its own, not the shared subchannel
+        channels = [grpc.insecure_channel(mc.router_addr(0), options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(11)]
+        try:
+            time.sleep(0.3)
+            b0, items0 = metric(mc, "deliver_batches_total"), metric(mc, "deliver_batch_items_total")
+            first = e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope(["s0@sl.test"])),
+                                               pb.DeliverRequest(data=message(n=7000))]), timeout=60)
+            end = time.monotonic() + 10
+            while e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_deliver_batch(%' "
+                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()") == "0":
+                assert time.monotonic() < end, "the first delivery never waited on the held account"
+                time.sleep(0.05)
+            rest = [router_pb2_grpc.RouterStub(ch).Deliver.future(
+                iter([pb.DeliverRequest(envelope=e.envelope(["s%d@sl.test" % i])),
+                      pb.DeliverRequest(data=message(n=7000 + i))]), timeout=60)
+                for i, ch in zip(range(1, 12), channels)]
+            time.sleep(1.0)
+            # the slot is still held: nothing else was committed, no other batch runs
+            assert not any(f.done() for f in rest), [f.result() for f in rest if f.done()]
+            assert e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_deliver_batch(%' "
+                         "AND state = 'active' AND pid <> pg_backend_pid()") == "1"
+            results = [f.result(timeout=60) for f in [first] + rest]
+        finally:
+            holder.wait(10)
+            for ch in channels:
+                ch.close()
+        assert all(r.results[0].code == OK for r in results)
+        assert e.rows("SELECT a.address, m.uid FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
+                      "JOIN accounts a ON a.id = mb.account_id ORDER BY a.id") == \
+            [["s%d@sl.test" % i, "1"] for i in range(12)]
+        batches = metric(mc, "deliver_batches_total") - b0
+        items = metric(mc, "deliver_batch_items_total") - items0
+        # the first alone, then at most one batch per loop for the eleven
+        assert items == 12 and batches <= 5, (batches, items)
+        assert_counters(e)
+
+
 def test_batch_functions_of_both_releases(env):
     """mail_deliver_batch(items, texts) takes the search texts beside the items
     (NULL: the item's own body_text); mail_deliver_batch(items), which routers of
