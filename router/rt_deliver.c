@@ -1422,7 +1422,6 @@ struct dlv_batcher {
 	struct rt_loop *loop;
 	enum dlv_batch_kind kind;
 	struct dlv *head, *tail;        /* waiting items, FIFO (dlv.bnext) */
-	int inflight;
 	/* the router-wide slots of this kind (dlv_gates) */
 	bool in_line;                   /* waiting in the gate's line */
 	bool granted;                   /* a slot was handed over, not used yet */
@@ -1515,7 +1514,6 @@ static void dlv_gate_leave(struct dlv_batcher *bt)
 static void dlv_batch_slot_free(struct dlv_batcher *bt)
 {
 	struct dlv_gate *g = &dlv_gates[bt->kind];
-	bt->inflight--;
 	pthread_mutex_lock(&g->mu);
 	dlv_gate_release_locked(g);
 	pthread_mutex_unlock(&g->mu);
@@ -1746,7 +1744,6 @@ static void dlv_batch_kick(struct dlv_batcher *bt)
 		sb_addc(&j, bt->kind == DB_COMMIT ? ']' : '}');
 		sb_addc(&sz, '}');
 		b->live = b->n;
-		bt->inflight++;
 		const char *values[2] = { j.d, sz.d };
 		if (bt->kind == DB_COMMIT) {
 			metric_inc(dlv_m.batches);

@@ -698,6 +698,32 @@ def metric(mc, name):
     raise AssertionError("no metric %s" % name)
 
 
+def hold_account(mc, e, address, seconds):
+    """another session holding the account's row for a while (psql, in the background)"""
+    from pgcluster import PG_BIN
+    pg = mc.pg
+    return subprocess.Popen(
+        [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
+         "-U", "postgres", "-d", mc.db, "-c",
+         "BEGIN; SELECT 1 FROM accounts WHERE id = %d FOR UPDATE; SELECT pg_sleep(%f); COMMIT;"
+         % (e.ids[address], seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_batch_blocked(e):
+    """until a delivery batch waits on a row lock"""
+    end = time.monotonic() + 10
+    while e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_deliver_batch(%' "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()") == "0":
+        assert time.monotonic() < end, "the first delivery never waited on the held account"
+        time.sleep(0.05)
+
+
+def deliver_future(e, rcpt, body, timeout=60, stub=None):
+    """one Deliver call started, not waited for"""
+    return (stub or e.stub).Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope([rcpt])),
+                                                 pb.DeliverRequest(data=body)]), timeout=timeout)
+
+
 def test_group_commit():
     """Deliveries that arrive while a batch is being committed are committed
     together in one transaction (mail_deliver_batch) with each its own result;
@@ -707,39 +733,19 @@ def test_group_commit():
     One worker and one batch in flight make the queueing deterministic: a
     delivery to an account whose row another session holds keeps the one slot
     busy while the rest arrive."""
-    from pgcluster import PG_BIN
     with MailCluster(stores=2, routers=1, workers=1, router_args=["--deliver-batch-inflight=1"]) as mc:
         e = Env(mc)
         for i in range(20):
             e.account("g%d@gc.test" % i)
-        pg = mc.pg
-
-        def hold_account(address, seconds):
-            return subprocess.Popen(
-                [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
-                 "-U", "postgres", "-d", mc.db, "-c",
-                 "BEGIN; SELECT 1 FROM accounts WHERE id = %d FOR UPDATE; SELECT pg_sleep(%f); COMMIT;"
-                 % (e.ids[address], seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-        def wait_blocked():
-            end = time.monotonic() + 10
-            while e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_deliver_batch(%' "
-                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()") == "0":
-                assert time.monotonic() < end, "the first delivery never waited on the held account"
-                time.sleep(0.05)
-
-        def send(rcpt, body, timeout=60):
-            return e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope([rcpt])),
-                                               pb.DeliverRequest(data=body)]), timeout=timeout)
 
         # 1. nineteen deliveries queue behind one that waits on a held account row
         b0, items0 = metric(mc, "deliver_batches_total"), metric(mc, "deliver_batch_items_total")
-        holder = hold_account("g0@gc.test", 1.5)
+        holder = hold_account(mc, e, "g0@gc.test", 1.5)
         try:
             time.sleep(0.3)
-            first = send("g0@gc.test", message(n=1000))
-            wait_blocked()
-            rest = [send("g%d@gc.test" % i, message(n=1000 + i)) for i in range(1, 20)]
+            first = deliver_future(e, "g0@gc.test", message(n=1000))
+            wait_batch_blocked(e)
+            rest = [deliver_future(e, "g%d@gc.test" % i, message(n=1000 + i)) for i in range(1, 20)]
             results = [f.result(timeout=60) for f in [first] + rest]
         finally:
             holder.wait(10)
@@ -758,13 +764,13 @@ def test_group_commit():
                 "CREATE TRIGGER gc_boom AFTER INSERT ON messages REFERENCING NEW TABLE AS new_rows "
                 "FOR EACH STATEMENT EXECUTE FUNCTION gc_boom();")
         splits0 = metric(mc, "deliver_batch_splits_total")
-        holder = hold_account("g0@gc.test", 1.0)
+        holder = hold_account(mc, e, "g0@gc.test", 1.0)
         try:
             time.sleep(0.3)
-            first = send("g0@gc.test", message(n=2000))
-            wait_blocked()
-            good = [send("g%d@gc.test" % i, message(n=2000 + i)) for i in range(1, 6)]
-            bad = send("g6@gc.test", message(subject="boom", n=2006))
+            first = deliver_future(e, "g0@gc.test", message(n=2000))
+            wait_batch_blocked(e)
+            good = [deliver_future(e, "g%d@gc.test" % i, message(n=2000 + i)) for i in range(1, 6)]
+            bad = deliver_future(e, "g6@gc.test", message(subject="boom", n=2006))
             assert first.result(timeout=60).results[0].code == OK
             assert all(f.result(timeout=60).results[0].code == OK for f in good)
             with pytest.raises(grpc.RpcError) as ex:
@@ -781,12 +787,12 @@ def test_group_commit():
 
         # 3. calls that give up while queued, and one whose batch is blocked: the
         # others of that batch still get their answers
-        holder = hold_account("g0@gc.test", 1.5)
+        holder = hold_account(mc, e, "g0@gc.test", 1.5)
         try:
             time.sleep(0.3)
-            first = send("g0@gc.test", message(n=3000))
-            wait_blocked()
-            quitters = [send("g%d@gc.test" % i, message(n=3000 + i), timeout=0.4) for i in range(7, 10)]
+            first = deliver_future(e, "g0@gc.test", message(n=3000))
+            wait_batch_blocked(e)
+            quitters = [deliver_future(e, "g%d@gc.test" % i, message(n=3000 + i), timeout=0.4) for i in range(7, 10)]
             for f in quitters:
                 with pytest.raises(grpc.RpcError) as ex:
                     f.result(timeout=30)
@@ -799,13 +805,13 @@ def test_group_commit():
                          "JOIN accounts a ON a.id = mb.account_id WHERE a.address = 'g%d@gc.test'" % i) == "1"
         # a batch [g11, g13, g12] sent when g0 is released, then blocked on the held
         # g11 row; g13's caller gives up meanwhile; g11 and g12 are answered
-        holders = [hold_account("g0@gc.test", 1.0), hold_account("g11@gc.test", 2.5)]
+        holders = [hold_account(mc, e, "g0@gc.test", 1.0), hold_account(mc, e, "g11@gc.test", 2.5)]
         try:
             time.sleep(0.3)
-            first = send("g0@gc.test", message(n=4000))
-            wait_blocked()
-            batch = [send("g11@gc.test", message(n=4011)), send("g13@gc.test", message(n=4013), timeout=1.5),
-                     send("g12@gc.test", message(n=4012))]
+            first = deliver_future(e, "g0@gc.test", message(n=4000))
+            wait_batch_blocked(e)
+            batch = [deliver_future(e, "g11@gc.test", message(n=4011)), deliver_future(e, "g13@gc.test", message(n=4013), timeout=1.5),
+                     deliver_future(e, "g12@gc.test", message(n=4012))]
             assert first.result(timeout=60).results[0].code == OK
             with pytest.raises(grpc.RpcError) as ex:
                 batch[1].result(timeout=60)
@@ -821,15 +827,15 @@ def test_group_commit():
         # with items committed one by one (an account two items share, an alias,
         # the same bytes twice): every counter still matches the rows
         e.alias("team@gc.test", ["g19@gc.test", "g15@gc.test"])
-        holder = hold_account("g0@gc.test", 1.5)
+        holder = hold_account(mc, e, "g0@gc.test", 1.5)
         same = message(n=6000)
         try:
             time.sleep(0.3)
-            first = send("g0@gc.test", message(n=6001))
-            wait_blocked()
-            mixed = [send("g15@gc.test", message(n=6015)), send("g18@gc.test", message(n=6018)),
-                     send("g18@gc.test", message(n=6019)), send("team@gc.test", message(n=6020)),
-                     send("g16@gc.test", same), send("g17@gc.test", same),
+            first = deliver_future(e, "g0@gc.test", message(n=6001))
+            wait_batch_blocked(e)
+            mixed = [deliver_future(e, "g15@gc.test", message(n=6015)), deliver_future(e, "g18@gc.test", message(n=6018)),
+                     deliver_future(e, "g18@gc.test", message(n=6019)), deliver_future(e, "team@gc.test", message(n=6020)),
+                     deliver_future(e, "g16@gc.test", same), deliver_future(e, "g17@gc.test", same),
                      e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope(["g2@gc.test", "g3@gc.test"])),
                                                  pb.DeliverRequest(data=message(n=6023))]), timeout=60)]
             assert first.result(timeout=60).results[0].code == OK
@@ -849,34 +855,21 @@ def test_group_commit_slots_shared_by_loops():
     They wait in line and are committed once the slot is handed on, each loop's
     queue as one batch."""
     import router_pb2_grpc
-    from pgcluster import PG_BIN
     with MailCluster(stores=2, routers=1, workers=4, router_args=["--deliver-batch-inflight=1"]) as mc:
         e = Env(mc)
         for i in range(12):
             e.account("s%d@sl.test" % i)
-        pg = mc.pg
-        holder = subprocess.Popen(
-            [os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-h", pg.sock_dir(), "-p", str(pg.port_of()),
-             "-U", "postgres", "-d", mc.db, "-c",
-             "BEGIN; SELECT 1 FROM accounts WHERE id = %d FOR UPDATE; SELECT pg_sleep(2.5); COMMIT;"
-             % e.ids["s0@sl.test"]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        holder = hold_account(mc, e, "s0@sl.test", 2.5)
         # one connection per delivery: a channel of its own, not the shared subchannel
         channels = [grpc.insecure_channel(mc.router_addr(0), options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(11)]
         try:
             time.sleep(0.3)
             b0, items0 = metric(mc, "deliver_batches_total"), metric(mc, "deliver_batch_items_total")
-            first = e.stub.Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope(["s0@sl.test"])),
-                                               pb.DeliverRequest(data=message(n=7000))]), timeout=60)
-            end = time.monotonic() + 10
-            while e.one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mail_deliver_batch(%' "
-                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()") == "0":
-                assert time.monotonic() < end, "the first delivery never waited on the held account"
-                time.sleep(0.05)
-            rest = [router_pb2_grpc.RouterStub(ch).Deliver.future(
-                iter([pb.DeliverRequest(envelope=e.envelope(["s%d@sl.test" % i])),
-                      pb.DeliverRequest(data=message(n=7000 + i))]), timeout=60)
-                for i, ch in zip(range(1, 12), channels)]
+            first = deliver_future(e, "s0@sl.test", message(n=7000))
+            wait_batch_blocked(e)
+            rest = [deliver_future(e, "s%d@sl.test" % i, message(n=7000 + i), stub=router_pb2_grpc.RouterStub(ch))
+                    for i, ch in zip(range(1, 12), channels)]
             time.sleep(1.0)
             # the slot is still held: nothing else was committed, no other batch runs
             assert not any(f.done() for f in rest), [f.result() for f in rest if f.done()]
