@@ -153,6 +153,7 @@ struct dlv {
 	size_t header_size;             /* header block = buf[0 .. header_size) */
 	char *text;                     /* body text for full-text search, or NULL */
 	size_t text_len;
+	bool text_ascii;                /* text is all ASCII (0010_ascii.sql) */
 
 	/* after the put */
 	char *nodes;                    /* text[] literal of the nodes that have it */
@@ -1087,6 +1088,9 @@ static void dlv_parse_work(void *arg)
 	d->meta = meta_build(m);
 	d->text = body_text(m, d->buf, d->len);
 	d->text_len = d->text != NULL ? strlen(d->text) : 0;
+	d->text_ascii = d->text != NULL;
+	for (size_t i = 0; i < d->text_len && d->text_ascii; i++)
+		d->text_ascii = (unsigned char)d->text[i] < 0x80;
 	mime_message_free(&m);
 }
 
@@ -1582,7 +1586,12 @@ static char *dlv_item_json(const struct dlv *d)
 		sb_addc(&b, '"');
 		free(hb);
 	}
-	/* the body text goes beside the items (dlv_batch_kick) */
+	/* the body text goes beside the items (dlv_batch_kick); all ASCII, it is
+	 * lower-cased byte by byte (0010_ascii.sql) */
+	if (d->text_ascii) {
+		json_key(&b, "text_ascii");
+		sb_adds(&b, "true");
+	}
 	json_key(&b, "nodes");
 	sb_adds(&b, d->nodes_json != NULL ? d->nodes_json : "[]");
 	json_key(&b, "token");

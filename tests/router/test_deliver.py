@@ -923,6 +923,57 @@ def test_batch_functions_of_both_releases(env):
     assert_counters(e)
 
 
+
+def test_ascii_texts_lowered_bytewise(env):
+    """An item flagged "text_ascii" (the router's mark of an all-ASCII search
+    text) is lower-cased byte by byte, in the "C" collation, since the database's
+    lower() maps ASCII the same way here; an unflagged text, or the text inside
+    an item, goes through lower() as before. Through Deliver, an ASCII body and a
+    non-ASCII one are both stored lower-cased as lower() would store them."""
+    e = env
+    for a in ("asc1@ob.test", "asc2@ob.test", "asc3@ob.test"):
+        e.account(a)
+    # the test database's ctype (C.UTF-8) folds the ASCII letters as "C" does
+    assert e.one("SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz'") == "t"
+
+    def item(rcpt, n, flag):
+        it = {"rcpts": [rcpt], "notify": [""], "orcpt": [""], "mail_from": "a@remote.example",
+              "blob_id": sha(b"ascii-%d" % n), "size": 100 + n, "meta": {"subject": "ascii %d" % n},
+              "nodes": ["store1", "store2"], "token": "ascii-fn-%d" % n}
+        if flag:
+            it["text_ascii"] = True
+        return it
+
+    # the flag is what picks the byte loop: a (lying) flagged text keeps its
+    # non-ASCII capitals, the same text unflagged has them folded
+    items = [item("asc1@ob.test", 1, True), item("asc2@ob.test", 2, False), item("asc3@ob.test", 3, True)]
+    rows = e.rows("SELECT item, status FROM mail_deliver_batch(%s::jsonb, ARRAY['Plain ASCII Text, OK?', "
+                  "'\u00c4RGER Mit Umlaut', '\u00c4RGER Flagged Anyway'])" % q(json.dumps(items)))
+    assert sorted((r[0], r[1]) for r in rows) == [("1", "ok"), ("2", "ok"), ("3", "ok")]
+    texts = dict(e.rows("SELECT blob_id, body FROM message_text WHERE blob_id IN ('%s', '%s', '%s')"
+                        % (sha(b"ascii-1"), sha(b"ascii-2"), sha(b"ascii-3"))))
+    assert texts == {sha(b"ascii-1"): "plain ascii text, ok?", sha(b"ascii-2"): "\u00e4rger mit umlaut",
+                     sha(b"ascii-3"): "\u00c4rger flagged anyway"}
+    assert_counters(e)
+
+    # through the router: every printable ASCII character, and a UTF-8 body
+    printable = bytes(range(32, 127))
+    ascii_body = (b"From: a@remote.example\r\nSubject: ascii\r\nMIME-Version: 1.0\r\n"
+                  b"Content-Type: text/plain; charset=us-ascii\r\n\r\nMiXeD CaSe " + printable + b"\r\n")
+    utf8_body = ("From: a@remote.example\r\nSubject: utf8\r\nMIME-Version: 1.0\r\n"
+                 "Content-Type: text/plain; charset=utf-8\r\n\r\nGR\u00dcSSE aus K\u00d6LN, \u03a3\u039f\u03a6\u0399\u0391\r\n"
+                 ).encode("utf-8")
+    for body in (ascii_body, utf8_body):
+        assert e.deliver(["asc1@ob.test"], body).results[0].code == OK
+    def text_of(body):  # hex: the text has '|' and line breaks, psql's separators
+        return bytes.fromhex(e.one("SELECT encode(convert_to(body, 'UTF8'), 'hex') FROM message_text "
+                                   "WHERE blob_id = %s" % q(sid(body)))).decode("utf-8")
+    want = ("MiXeD CaSe " + printable.decode() + "\r\n").translate(
+        {c: c + 32 for c in range(ord("A"), ord("Z") + 1)})
+    assert text_of(ascii_body) == want
+    assert text_of(utf8_body) == "gr\u00fcsse aus k\u00f6ln, \u03c3\u03bf\u03c6\u03b9\u03b1\r\n"
+
+
 def assert_counters(e):
     """The counters the delivery path keeps (mailbox counts and bytes, account
     usage, blob refcounts) equal what the rows say."""
