@@ -37,7 +37,11 @@
  * the stores, this client and the rest, from /proc). When the deliveries kept
  * the cores busy (>= 90%), deliver_vs_store_put_cpu_ceiling is the rate they
  * would reach if the router, PostgreSQL and the kernel's other work took no
- * CPU at all, over the Put rate: a second ceiling on the ratio.
+ * CPU at all, over the Put rate: a second ceiling on the ratio. And
+ * deliver_cpu_budget is the CPU a delivery may take at the target rate with
+ * every core busy, what its two Puts take at least (twice the stores' CPU per
+ * Put at the Put point), and what is left for PostgreSQL, the router and the
+ * rest, beside what they took per delivery.
  * The database starts with 20,000 older blob rows and delivery tokens and fresh
  * statistics, as a server in service has. pg_stat_statements (when installed)
  * is loaded, and the statements that took the server's time during each
@@ -1094,6 +1098,22 @@ static void point_ratios(int streams, const struct point *p)
 	else
 		printf("deliver_vs_store_put_cpu_ceiling streams=%d busy_pct=%.0f (not cpu-bound: no ceiling)\n",
 		       streams, u->busy_pct);
+	/* the CPU budget of the target: at half the Put rate, with every core busy,
+	 * a delivery may take cores * 1000 / rate ms; its two Puts take at least
+	 * twice what one Put took the stores at the Put point, its client what it
+	 * took here; PostgreSQL, the router and the rest get what is left */
+	const struct cpu_use *pu = &p->put_cpu;
+	double target = p->put / 2, cores = (double)sysconf(_SC_NPROCESSORS_ONLN);
+	if (target > 0 && cores > 0) {
+		double per = cores * 1000 / target;
+		double puts = 2 * (pu->proc[CPU_STORE1] + pu->proc[CPU_STORE2]);
+		double left = per - puts - u->proc[CPU_CLIENT];
+		double used = u->proc[CPU_PG] + u->proc[CPU_ROUTER] + u->other;
+		printf("deliver_cpu_budget streams=%d target_per_sec=%.0f cpu_ms_per_delivery=%.3f two_puts_ms=%.3f "
+		       "left_for_postgres_router_other_ms=%.3f they_took_ms=%.3f (postgres=%.3f router=%.3f "
+		       "other=%.3f)\n", streams, target, per, puts, left, used, u->proc[CPU_PG], u->proc[CPU_ROUTER],
+		       u->other);
+	}
 	fflush(stdout);
 }
 
