@@ -95,6 +95,8 @@ struct blob_node {
 	char *name, *addr;
 	struct rpc_client *rpc;
 	bool up;
+	char instance[33];      /* the node process's StatResponse.instance ("": none seen) */
+	unsigned restarts;      /* instance changes seen */
 	struct rpc_ccall *probe;
 	struct event probe_ev;
 	struct metric *m_up;
@@ -705,7 +707,27 @@ static void probe_on_done(struct rpc_ccall *rc, enum rpc_status st, const char *
 	c_leave(c);
 }
 
-static const struct rpc_ccall_cbs probe_cbs = { .on_done = probe_on_done };
+/* probe_on_message - a new instance is a restart, whether or not a probe saw
+ * the node down in between */
+static void probe_on_message(struct rpc_ccall *rc, const uint8_t *msg, size_t len, void *arg)
+{
+	struct blob_node *nd = arg;
+	Mail__Store__V1__StatResponse *resp = mail__store__v1__stat_response__unpack(NULL, len, msg);
+	if (resp == NULL)
+		return;
+	const char *inst = resp->instance != NULL ? resp->instance : "";
+	size_t n = strlen(inst);
+	if (n > 0 && n < sizeof(nd->instance)) {
+		if (nd->instance[0] != '\0' && strcmp(nd->instance, inst) != 0) {
+			nd->restarts++;
+			log_info("blob node restarted", "node=%s addr=%s", nd->name, nd->addr);
+		}
+		memcpy(nd->instance, inst, n + 1);
+	}
+	mail__store__v1__stat_response__free_unpacked(resp, NULL);
+}
+
+static const struct rpc_ccall_cbs probe_cbs = { .on_message = probe_on_message, .on_done = probe_on_done };
 
 /* probe_tick - one Stat of the all-zero id per node and period (one at a time) */
 static void probe_tick(evutil_socket_t fd, short what, void *arg)
@@ -868,6 +890,12 @@ bool blob_node_up(const struct blob_cluster *c, const char *name)
 {
 	const struct blob_node *nd = node_find(c, name);
 	return nd != NULL && nd->up;
+}
+
+unsigned blob_node_restarts(const struct blob_cluster *c, const char *name)
+{
+	const struct blob_node *nd = node_find(c, name);
+	return nd != NULL ? nd->restarts : 0;
 }
 
 /* ------------------------------------------------------------ op end */

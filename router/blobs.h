@@ -97,6 +97,9 @@ const char *blob_node_addr(const struct blob_cluster *c, size_t i);
  * (true) or a call failed with UNAVAILABLE/DEADLINE_EXCEEDED or a probe
  * failed (false). Unknown names are down. Nodes start up. */
 bool blob_node_up(const struct blob_cluster *c, const char *name);
+/* blob_node_restarts - how often this cluster's health probe found the node
+ * answering as a new process (StatResponse.instance changed), seen down or not */
+unsigned blob_node_restarts(const struct blob_cluster *c, const char *name);
 
 /* blob_id_valid - 64 lowercase hex chars */
 bool blob_id_valid(const char *id);

@@ -36,13 +36,20 @@
  *    so a restart does not trigger a wave of copies), and copies each to the next
  *    live nodes in rendezvous order until R live copies exist. Recorded nodes that
  *    are down stay in blobs.nodes: they may come back with their copies, and the GC
- *    must delete those too.
+ *    must delete those too. A pass runs when a node stops counting as live (it
+ *    starts over if one was under way: the blobs it had passed may hold copies on
+ *    that node), when the lease is taken, and otherwise every JOBS_REPAIR_PASS_MS
+ *    as a safety net - not over and over: on a store of millions of blobs a pass
+ *    is minutes of database reads.
  *  - verification: pages through one node's own List (ascending ids) and compares
  *    it with the blobs the database says it holds in the same id range
  *    (mail_job_verify_page); each recorded copy the node does not have is copied
  *    back to it from another holder. This is how a node that comes back empty
- *    (disk replaced) gets its copies back; a node seen coming back up is verified
- *    first. Every live node is re-verified at most every JOBS_VERIFY_PASS_MS.
+ *    (disk replaced) gets its copies back; a node seen coming back up, or seen
+ *    answering as a new process (a restart no probe saw as downtime:
+ *    blob_node_restarts), is verified first, at full speed. Every live node is re-verified every JOBS_VERIFY_PASS_MS
+ *    (a scrub for copies lost while the node ran), a page every
+ *    JOBS_VERIFY_PAGE_GAP_MS at most.
  *  Sources are the live recorded holders first, then the other live nodes (the
  *  hook may have missed one); a source without the blob fails fast and the next
  *  is tried. A made copy is recorded with mail_blob_add_node.
@@ -93,12 +100,14 @@
 #define JOBS_TICK_MS 500                /* the scheduler looks at every job this often */
 #define JOBS_NODE_DOWN_GRACE_MS 10000   /* a down node counts as lost after this long */
 #define JOBS_REPAIR_PAGE 500            /* blobs per placement scan step */
-#define JOBS_REPAIR_PASS_MS 5000        /* a new placement pass at most this often */
+#define JOBS_REPAIR_PASS_MS 600000      /* a placement pass at least this often (and on
+					 * a node lost, and on taking the lease) */
 #define JOBS_REPAIR_PAGE_GAP_MS 50      /* between pages of one pass: at most 10,000 rows/s,
 					 * so a pass over millions of blobs is a steady
 					 * trickle, not a full-speed scan every 5 s */
 #define JOBS_VERIFY_PAGE 1000           /* ids per verification step */
-#define JOBS_VERIFY_PASS_MS 10000       /* a node's new verification pass at most this often */
+#define JOBS_VERIFY_PASS_MS 3600000     /* a node's scrub pass this often (and on its return) */
+#define JOBS_VERIFY_PAGE_GAP_MS 100     /* between pages of a scrub pass: at most 10,000 ids/s */
 #define JOBS_REPAIR_PARALLEL 8          /* copies running at once */
 #define JOBS_GC_BATCH 100               /* blobs claimed per GC step */
 #define JOBS_GC_PARALLEL 8              /* claimed blobs being deleted at once */
@@ -184,6 +193,8 @@ struct jobs {
 	/* node health as the jobs see it */
 	int64_t down_since[BLOB_MAX_NODES];     /* 0: up */
 	uint64_t verify_first;                  /* came back up: verify next */
+	uint64_t lost;                          /* no longer live: a placement pass was started */
+	unsigned restarts[BLOB_MAX_NODES];      /* blob_node_restarts as last seen */
 
 	/* repair */
 	struct db_request *scan_req;
@@ -193,8 +204,11 @@ struct jobs {
 	bool a_in_pass;
 	int64_t a_pass_start;
 	int64_t a_next_page;            /* the pass's next page not before this */
+	bool a_restart;                 /* a node was lost: a new pass from the start */
 	size_t v_node;
 	bool v_in_pass;
+	bool v_urgent;                  /* the pass of a node back up: no page gap */
+	int64_t v_next_page;
 	char v_cursor[BLOB_ID_HEX_LEN + 1];
 	int64_t v_pass_start[BLOB_MAX_NODES];
 	char (*v_listed)[BLOB_ID_HEX_LEN + 1];
@@ -592,6 +606,11 @@ static void scan_a_done(const struct db_result *r, void *arg)
 /* scan_a_start - the next page of the placement scan; false when not due */
 static bool scan_a_start(struct jobs *j, int64_t now)
 {
+	if (j->a_restart) {
+		j->a_restart = false;
+		j->a_in_pass = false;
+		j->a_pass_start = now - JOBS_REPAIR_PASS_MS;
+	}
 	if (j->a_in_pass && now < j->a_next_page) {
 		int64_t ms = j->a_next_page - now;
 		struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
@@ -727,6 +746,17 @@ static bool verify_start(struct jobs *j, int64_t now)
 		j->v_in_pass = false;
 		j->v_cursor[0] = '\0';
 	}
+	if (j->v_in_pass && !j->v_urgent && now < j->v_next_page) {
+		if (j->verify_first == 0) {
+			int64_t ms = j->v_next_page - now;
+			struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+			event_add(j->kick_ev, &tv);
+			return false;
+		}
+		/* a node came back meanwhile: the scrub starts over later, it goes first */
+		j->v_in_pass = false;
+		j->v_pass_start[j->v_node] = now - JOBS_VERIFY_PASS_MS;
+	}
 	if (!j->v_in_pass) {
 		size_t pick = SIZE_MAX;
 		for (size_t i = 0; i < j->n_nodes && pick == SIZE_MAX; i++)
@@ -739,6 +769,7 @@ static bool verify_start(struct jobs *j, int64_t now)
 		}
 		if (pick == SIZE_MAX)
 			return false;
+		j->v_urgent = (j->verify_first & (1ull << pick)) != 0;
 		j->verify_first &= ~(1ull << pick);
 		j->v_node = pick;
 		j->v_in_pass = true;
@@ -747,6 +778,7 @@ static bool verify_start(struct jobs *j, int64_t now)
 		log_debug("blob verification: node pass starts", "node=%s", jobs_node(j, pick));
 	}
 	metric_inc(j->lease[JOB_REPAIR].m_steps);
+	j->v_next_page = now + JOBS_VERIFY_PAGE_GAP_MS;
 	j->list_op = blob_node_list(j->c, jobs_node(j, j->v_node), j->v_cursor, JOBS_VERIFY_PAGE,
 				    verify_list_done, j);
 	return true;
@@ -1150,7 +1182,9 @@ static void lease_check(struct jobs *j, int64_t now)
 
 /* ------------------------------------------------------------ scheduler */
 
-/* nodes_watch - when each node went down; a node back up is verified first */
+/* nodes_watch - when each node went down; a node back up, or restarted with no
+ * probe seeing it down, is verified first; a node no longer live starts a
+ * placement pass */
 static void nodes_watch(struct jobs *j, int64_t now)
 {
 	for (size_t i = 0; i < j->n_nodes; i++) {
@@ -1159,8 +1193,21 @@ static void nodes_watch(struct jobs *j, int64_t now)
 			j->down_since[i] = now > 0 ? now : 1;
 		} else if (up && j->down_since[i] != 0) {
 			j->down_since[i] = 0;
+			j->lost &= ~(1ull << i);
 			j->verify_first |= 1ull << i;
 			log_info("store node back: its copies will be verified", "node=%s", jobs_node(j, i));
+		}
+		unsigned restarts = blob_node_restarts(j->c, jobs_node(j, i));
+		if (restarts != j->restarts[i]) {
+			j->restarts[i] = restarts;
+			j->verify_first |= 1ull << i;
+			log_info("store node restarted: its copies will be verified", "node=%s", jobs_node(j, i));
+		}
+		if (!jobs_node_live(j, i, now) && !(j->lost & (1ull << i))) {
+			j->lost |= 1ull << i;
+			j->a_restart = true;
+			log_info("store node lost: a placement pass copies what it held", "node=%s down_ms=%lld",
+				 jobs_node(j, i), (long long)(now - j->down_since[i]));
 		}
 	}
 }

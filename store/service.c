@@ -20,10 +20,13 @@
 #include "lib/xalloc.h"
 #include "proto/rpc.h"
 #include "store.pb-c.h"
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 enum store_method { STORE_PUT, STORE_GET, STORE_STAT, STORE_DELETE, STORE_LIST, STORE_N_METHODS };
@@ -50,6 +53,7 @@ struct store_service {
 	_Atomic size_t open_puts;
 	int n_workers;
 	struct store_worker *workers;
+	char instance[17];           /* StatResponse.instance: new at every start */
 };
 
 struct store_req {
@@ -472,6 +476,7 @@ static void stat_on_message(struct rpc_call *call, const uint8_t *msg, size_t le
 		if (r == BLOB_OK || r == BLOB_NOT_FOUND) {
 			resp.exists = r == BLOB_OK;
 			resp.size = size;
+			resp.instance = req->svc->instance;
 			rpc_call_send_pb(call, &resp.base);
 			req_finish(req, RPC_OK, NULL);
 		} else {
@@ -618,6 +623,12 @@ struct store_service *store_service_new(const struct store_service_opts *opts)
 	svc->max_puts = opts->max_puts;
 	svc->n_workers = daemon_worker_count(opts->daemon);
 	svc->workers = xcalloc((size_t)svc->n_workers, sizeof(*svc->workers));
+	uint8_t rnd[8];
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		log_panic("getrandom failed", "err=\"%s\"", strerror(errno));
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(svc->instance + 2 * i, 3, "%02x", rnd[i]);
+	log_info("store instance", "instance=%s", svc->instance);
 	metric_gauge_fn("store_disk_free_bytes", "free bytes on the data dir's filesystem",
 			gauge_disk_free, opts->fs);
 	metric_gauge_fn("store_disk_total_bytes", "size of the data dir's filesystem",

@@ -216,6 +216,29 @@ def test_repair_restores_copies_on_a_replaced_empty_node(pg):
         assert re.search(r'msg="blob repaired" id=%s from=store1 to=store2' % big[:16], log), log[-3000:]
 
 
+
+def test_repair_verifies_a_node_restarted_between_probes(pg):
+    """A store node restarted with an empty disk faster than the health probe
+    looks (nothing read from it meanwhile): the probe finds a new process
+    (StatResponse.instance) and the node is verified at once - not at the next
+    scrub, an hour away - so every copy comes back."""
+    with cluster(pg, stores=2, replicas=2) as mc:
+        acct = account(mc, "rita@example.test")
+        blobs = [deliver(mc, acct, os.urandom(2000 + k) + b"restart %d" % k)[0] for k in range(8)]
+        wait_lease_holder(mc)
+        assert all(has(mc, 1, b) for b in blobs)
+        mc.kill_store(1)
+        shutil.rmtree(mc.store_dir(1))
+        mc.start_store(1)
+        wait_for("every copy back on store2", lambda: all(has(mc, 1, b) for b in blobs), timeout=60)
+        log = mc.router_log(0)
+        assert 'msg="blob node restarted" node=store2' in log, log[-3000:]
+        assert 'msg="store node restarted: its copies will be verified" node=store2' in log, log[-3000:]
+        assert 'msg="blob verification: recorded copies missing" node=store2' in log
+        for b in blobs:
+            assert sorted(recorded(mc, b)) == ["store1", "store2"] and has(mc, 0, b)
+
+
 def test_repair_moves_copies_off_a_node_gone_for_good(pg):
     with cluster(pg, stores=3, replicas=2) as mc:
         acct = account(mc, "bob@example.test")
