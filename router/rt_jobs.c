@@ -746,8 +746,11 @@ static bool verify_start(struct jobs *j, int64_t now)
 		j->v_in_pass = false;
 		j->v_cursor[0] = '\0';
 	}
+	bool first_waiting = false;
+	for (size_t i = 0; i < j->n_nodes; i++)
+		first_waiting |= (j->verify_first & (1ull << i)) && jobs_node_up(j, i);
 	if (j->v_in_pass && !j->v_urgent && now < j->v_next_page) {
-		if (j->verify_first == 0) {
+		if (!first_waiting) {
 			int64_t ms = j->v_next_page - now;
 			struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
 			event_add(j->kick_ev, &tv);

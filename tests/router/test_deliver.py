@@ -718,6 +718,17 @@ def wait_batch_blocked(e):
         time.sleep(0.05)
 
 
+def uids_by_account(e):
+    """[address, uid] of every message, in account order"""
+    return e.rows("SELECT a.address, m.uid FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
+                  "JOIN accounts a ON a.id = mb.account_id ORDER BY a.id")
+
+
+def batch_delta(mc, b0, items0):
+    """group commits and items committed since the counters were b0 and items0"""
+    return metric(mc, "deliver_batches_total") - b0, metric(mc, "deliver_batch_items_total") - items0
+
+
 def deliver_future(e, rcpt, body, timeout=60, stub=None):
     """one Deliver call started, not waited for"""
     return (stub or e.stub).Deliver.future(iter([pb.DeliverRequest(envelope=e.envelope([rcpt])),
@@ -750,11 +761,8 @@ def test_group_commit():
         finally:
             holder.wait(10)
         assert all(r.results[0].code == OK for r in results)
-        assert e.rows("SELECT a.address, m.uid FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
-                      "JOIN accounts a ON a.id = mb.account_id ORDER BY a.id") == \
-            [["g%d@gc.test" % i, "1"] for i in range(20)]
-        batches = metric(mc, "deliver_batches_total") - b0
-        items = metric(mc, "deliver_batch_items_total") - items0
+        assert uids_by_account(e) == [["g%d@gc.test" % i, "1"] for i in range(20)]
+        batches, items = batch_delta(mc, b0, items0)
         assert items == 20 and batches <= 4, (batches, items)   # the 19 went together (or nearly)
 
         # 2. a batch holding one item the database refuses: split, only that one fails
@@ -881,11 +889,8 @@ def test_group_commit_slots_shared_by_loops():
             for ch in channels:
                 ch.close()
         assert all(r.results[0].code == OK for r in results)
-        assert e.rows("SELECT a.address, m.uid FROM messages m JOIN mailboxes mb ON mb.id = m.mailbox_id "
-                      "JOIN accounts a ON a.id = mb.account_id ORDER BY a.id") == \
-            [["s%d@sl.test" % i, "1"] for i in range(12)]
-        batches = metric(mc, "deliver_batches_total") - b0
-        items = metric(mc, "deliver_batch_items_total") - items0
+        assert uids_by_account(e) == [["s%d@sl.test" % i, "1"] for i in range(12)]
+        batches, items = batch_delta(mc, b0, items0)
         # the first alone, then at most one batch per loop for the eleven
         assert items == 12 and batches <= 5, (batches, items)
         assert_counters(e)
