@@ -102,18 +102,34 @@ static char *store_extra[16];    /* --store-arg=... passed on to both mail-store
 static int n_store_extra;
 static const char *pg_bin = "/usr/lib/postgresql/15/bin";
 
+/* free_port - a port free on 127.0.0.1 now and not handed out before: the
+ * kernel may give the port it just released to the next bind(0), and the
+ * cluster's daemons must not be told the same port twice */
 static int free_port(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(sa);
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    getsockname(s, (struct sockaddr *)&sa, &len) < 0) {
-		perror("free_port");
-		exit(1);
+	static int given[64];
+	static size_t n_given;
+	for (;;) {
+		struct sockaddr_in sa = { .sin_family = AF_INET,
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t len = sizeof(sa);
+		int s = socket(AF_INET, SOCK_STREAM, 0);
+		if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    getsockname(s, (struct sockaddr *)&sa, &len) < 0) {
+			perror("free_port");
+			exit(1);
+		}
+		close(s);
+		int port = ntohs(sa.sin_port);
+		size_t i = 0;
+		while (i < n_given && given[i] != port)
+			i++;
+		if (i < n_given)
+			continue;
+		if (n_given < N_ELEMENTS(given))
+			given[n_given++] = port;
+		return port;
 	}
-	close(s);
-	return ntohs(sa.sin_port);
 }
 
 static bool port_open(int port)

@@ -28,11 +28,21 @@ def binary(*parts):
     return p
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now, and never handed out before by this
+    process: the kernel may give the port it just released to the next bind(0),
+    and two daemons told the same port fail (seen: two store nodes, and a router's
+    listen and admin ports, given one port by consecutive calls)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_port(port, timeout=15.0, proc=None):
@@ -64,7 +74,11 @@ class Daemon:
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=self.log,
                                      stdin=subprocess.DEVNULL, env=self.env)
         if self.port:
-            wait_port(self.port, timeout, self.proc)
+            try:
+                wait_port(self.port, timeout, self.proc)
+            except (RuntimeError, TimeoutError) as e:
+                # the daemon's own words on why it did not come up
+                raise type(e)("%s; %s ends with:\n%s" % (e, self.log_path, self.log_text()[-3000:])) from None
         return self
 
     def kill9(self):

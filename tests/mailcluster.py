@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import BUILD, Daemon, free_port, gen_python  # noqa: E402
-from pgcluster import PgCluster  # noqa: E402
+from pgcluster import PgCluster, PgError  # noqa: E402
 
 
 class MailCluster:
@@ -54,8 +54,9 @@ class MailCluster:
             self.pg.start()
         try:
             self.pg.create_database(self.db)
-        except Exception:
-            pass  # a shared PgCluster may have it already
+        except PgError as e:
+            if "already exists" not in str(e):  # a shared PgCluster may have it already
+                raise
         self.conninfo = self.pg.conninfo(self.db)
         for i in range(self.n_stores):
             self.stores.append(None)
