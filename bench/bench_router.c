@@ -49,6 +49,7 @@
  * Prints key=value lines; the issue's target is deliveries/s at each concurrency
  * not below half the store's Put/s at the same concurrency (ratio= lines).
  * Nothing is asserted. Logs and data are removed at the end unless --keep. */
+#include "bench_ports.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -101,47 +102,6 @@ static int n_router_extra;
 static char *store_extra[16];    /* --store-arg=... passed on to both mail-store nodes */
 static int n_store_extra;
 static const char *pg_bin = "/usr/lib/postgresql/15/bin";
-
-/* free_port - a port free on 127.0.0.1 now and not handed out before: the
- * kernel may give the port it just released to the next bind(0), and the
- * cluster's daemons must not be told the same port twice */
-static int free_port(void)
-{
-	static int given[64];
-	static size_t n_given;
-	for (;;) {
-		struct sockaddr_in sa = { .sin_family = AF_INET,
-					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-		socklen_t len = sizeof(sa);
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-		    getsockname(s, (struct sockaddr *)&sa, &len) < 0) {
-			perror("free_port");
-			exit(1);
-		}
-		close(s);
-		int port = ntohs(sa.sin_port);
-		size_t i = 0;
-		while (i < n_given && given[i] != port)
-			i++;
-		if (i < n_given)
-			continue;
-		if (n_given < N_ELEMENTS(given))
-			given[n_given++] = port;
-		return port;
-	}
-}
-
-static bool port_open(int port)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	bool ok = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (s >= 0)
-		close(s);
-	return ok;
-}
 
 /* spawn - run argv with stdin from /dev/null and stdout+stderr to logfile (or a
  * pipe when out_fd is given); as the postgres user when asked and we are root */

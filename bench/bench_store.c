@@ -15,6 +15,7 @@
  *    store_put size=4096 clients=64 mode=syncfs blobs_per_sec=... MiB_per_sec=... p50_ms=... p99_ms=...
  * Nothing is asserted; the target is blobs_per_sec at 64 clients above
  * fsync_cycle (group commit working). */
+#include "bench_ports.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -115,31 +116,6 @@ static void bench_fsync_cycle(const char *dir, double seconds)
 }
 
 /* ---------------------------------------------------------------- the daemon */
-
-static int free_port(void)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(sa);
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    getsockname(s, (struct sockaddr *)&sa, &len) < 0) {
-		perror("free_port");
-		exit(1);
-	}
-	close(s);
-	return ntohs(sa.sin_port);
-}
-
-static bool port_open(int port)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	bool ok = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (s >= 0)
-		close(s);
-	return ok;
-}
 
 /* spawn_store - mail-store on a free port; its log goes to logfile */
 static pid_t spawn_store(const char *exe, const char *data_dir, const char *mode, int port,
