@@ -34,8 +34,8 @@ _ports_given = set()
 def free_port():
     """A TCP port free on 127.0.0.1 right now, and never handed out before by this
     process: the kernel may give the port it just released to the next bind(0),
-    and two daemons told the same port fail (seen: two store nodes, and a router's
-    listen and admin ports, given one port by consecutive calls)."""
+    and two daemons told the same port fail (seen: two store nodes given one port
+    by consecutive calls)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
